@@ -1,0 +1,336 @@
+"""One place for the AI Challenger skeleton and every hyperparameter.
+
+The keypoint names, limbs, PAF channel order and flip pairs are defined here once; every other
+module imports them. ``Config`` holds every tunable value with one commented default; its
+defaults are the paper's (``Config()`` is the ``paper`` preset). Scripts build their command line
+from the fields, so ``python train.py --preset cpu --batch_size 4`` (or ``--batch-size 4``) works
+for any field and an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------------------------
+# The AI Challenger 2017 skeleton, in the data set's own order.
+# --------------------------------------------------------------------------------------------
+JOINT_NAMES = (
+    "right_shoulder",  # 0
+    "right_elbow",  # 1
+    "right_wrist",  # 2
+    "left_shoulder",  # 3
+    "left_elbow",  # 4
+    "left_wrist",  # 5
+    "right_hip",  # 6
+    "right_knee",  # 7
+    "right_ankle",  # 8
+    "left_hip",  # 9
+    "left_knee",  # 10
+    "left_ankle",  # 11
+    "head_top",  # 12
+    "neck",  # 13
+)
+NUM_JOINTS = len(JOINT_NAMES)
+NECK = 13
+
+# Limbs as (joint_a, joint_b). The first 13 form the tree that joins every keypoint to the neck,
+# each limb's joint_a already reached by an earlier limb, so people can be assembled in this
+# order. The last two are redundant (shoulder-hip on each side), as the paper's COCO model adds
+# redundant connections: they help keep a torso together when the neck is hidden.
+LIMBS = (
+    (13, 12),  # 0 neck - head top
+    (13, 0),  # 1 neck - right shoulder
+    (13, 3),  # 2 neck - left shoulder
+    (0, 1),  # 3 right shoulder - right elbow
+    (3, 4),  # 4 left shoulder - left elbow
+    (1, 2),  # 5 right elbow - right wrist
+    (4, 5),  # 6 left elbow - left wrist
+    (13, 6),  # 7 neck - right hip
+    (13, 9),  # 8 neck - left hip
+    (6, 7),  # 9 right hip - right knee
+    (9, 10),  # 10 left hip - left knee
+    (7, 8),  # 11 right knee - right ankle
+    (10, 11),  # 12 left knee - left ankle
+    (0, 6),  # 13 right shoulder - right hip (redundant)
+    (3, 9),  # 14 left shoulder - left hip (redundant)
+)
+NUM_LIMBS = len(LIMBS)
+NUM_TREE_LIMBS = 13
+
+# Channel layout of the network outputs. PAF channels 2k and 2k+1 are the x and y components of
+# LIMBS[k]; heatmap channel j is joint j and the last heatmap channel is the background.
+NUM_HEATMAPS = NUM_JOINTS + 1
+NUM_PAFS = 2 * NUM_LIMBS
+BACKGROUND_CHANNEL = NUM_JOINTS
+
+# Left/right joint pairs that swap under a horizontal flip.
+FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 9), (7, 10), (8, 11))
+
+
+def _flip_joint_permutation():
+    permutation = list(range(NUM_JOINTS))
+    for left, right in FLIP_PAIRS:
+        permutation[left], permutation[right] = right, left
+    return tuple(permutation)
+
+
+# FLIP_JOINTS[j] is the joint that j becomes in a mirrored image.
+FLIP_JOINTS = _flip_joint_permutation()
+# FLIP_LIMBS[k] is the limb that limb k becomes in a mirrored image (its PAF x flips sign too).
+FLIP_LIMBS = tuple(
+    LIMBS.index((FLIP_JOINTS[a], FLIP_JOINTS[b])) for a, b in LIMBS
+)
+
+# AI Challenger visibility flags.
+VISIBLE, OCCLUDED, UNLABELLED = 1, 2, 3
+
+# Drawing colours, BGR for OpenCV: right side warm, left side cool, centre green.
+JOINT_COLORS = (
+    (0, 0, 255), (0, 85, 255), (0, 170, 255),  # right arm
+    (255, 0, 0), (255, 85, 0), (255, 170, 0),  # left arm
+    (0, 255, 255), (0, 200, 200), (0, 140, 140),  # right leg
+    (255, 0, 255), (200, 0, 200), (140, 0, 140),  # left leg
+    (0, 255, 0), (0, 160, 0),  # head top, neck
+)
+LIMB_COLORS = tuple(JOINT_COLORS[b] for _, b in LIMBS)
+
+# The official AI Challenger per-keypoint OKS constants (the evaluator doubles them).
+AIC_OKS_SIGMAS = (
+    0.01388152, 0.01515228, 0.01057665, 0.01417709, 0.01497891, 0.01402144, 0.03909642,
+    0.03686941, 0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173,
+)
+
+
+@dataclass
+class Config:
+    """Every hyperparameter, one commented default each; the defaults are the paper's."""
+
+    preset: str = "paper"  # Name of the preset these values started from.
+
+    # Paths (relative to the working directory).
+    data_dir: str = "data"  # Official zips/folders and the synthetic set live here.
+    records_dir: str = "data/records"  # pre-process.py writes {split}.jsonl records here.
+    models_dir: str = "models"  # Checkpoints go to models/<run_name>/.
+    logs_dir: str = "logs"  # TensorBoard and CSV logs go to logs/<run_name>/.
+    run_name: str = ""  # Empty means the preset's name.
+
+    # Network geometry.
+    input_size: int = 368  # Square training crop in pixels.
+    stride: int = 8  # Output grid step in input pixels (8: three 2x2 pools; 4: two).
+    stages: int = 6  # Number of refinement stages, each with a PAF and a heatmap branch.
+    backbone_channels: tuple = (64, 128, 256, 512)  # VGG19 block widths up to conv4_2.
+    cpm_channels: tuple = (256, 128)  # conv4_3_CPM and conv4_4_CPM widths.
+    stage_channels: int = 128  # Width of every hidden stage convolution.
+    stage1_kernel: int = 3  # Kernel of stage 1's three hidden convolutions.
+    stage1_hidden: int = 512  # Width of stage 1's 1x1 convolution before its outputs.
+    stage_kernel: int = 7  # Kernel of the hidden convolutions in stages 2..T.
+    stage_convs: int = 5  # Number of k x k convolutions in stages 2..T.
+    backbone_weights: str = "imagenet"  # imagenet | PATH to saved VGG19 weights | none.
+
+    # Targets.
+    heatmap_sigma: float = 7.0  # Gaussian sigma of the confidence maps, in input pixels.
+    paf_width: float = 1.0  # Half-width of a limb's PAF, in grid cells.
+
+    # Augmentation (one affine warp per sample).
+    scale_min: float = 0.5  # Smallest random scale multiplier.
+    scale_max: float = 1.1  # Largest random scale multiplier.
+    target_person_height: float = 0.6  # Scale 1 makes the main person this fraction of the crop.
+    max_rotation: float = 40.0  # Rotation drawn uniformly from +-this, in degrees.
+    center_jitter: float = 40.0  # Crop centre jitter, in input pixels.
+    flip_probability: float = 0.5  # Chance of a horizontal flip that swaps left and right.
+    color_jitter: float = 0.1  # Strength of random brightness/contrast/saturation changes.
+    pad_value: int = 128  # Grey used where the crop falls outside the image.
+
+    # Optimisation.
+    batch_size: int = 10  # Global batch size (split across replicas).
+    optimizer: str = "sgd"  # sgd | adam | adamw.
+    learning_rate: float = 4e-5  # Base learning rate (Caffe Euclidean loss scale).
+    momentum: float = 0.9  # SGD momentum.
+    weight_decay: float = 5e-4  # L2 weight decay.
+    stage_lr_multiplier: float = 4.0  # Learning-rate factor of stages 2..T, as the original did.
+    lr_decay_steps: int = 136106  # Step decay period in optimizer steps.
+    lr_decay_rate: float = 0.333  # Step decay factor.
+    epochs: int = 100  # Training epochs.
+    steps_per_epoch: int = 0  # 0: one pass over the training records.
+    validation_steps: int = 0  # 0: one pass over the validation records.
+    max_train_minutes: float = 0.0  # Stop training after this wall time; 0 means no limit.
+    early_stopping_patience: int = 0  # Epochs without improvement before stopping; 0 is off.
+    reduce_lr_patience: int = 0  # Epochs without improvement before lr/3; 0 is off.
+    log_images_every: int = 500  # Steps between TensorBoard map images.
+    seed: int = 0  # Seed of shuffling, augmentation and initialisation.
+    strategy: str = "auto"  # auto | mirrored | multiworker (tf.distribute).
+    mixed_precision: bool = False  # Train with the mixed_float16 policy.
+    jit_compile: bool = False  # Compile the training step with XLA.
+    resume: bool = False  # Continue the run from its last checkpoint.
+
+    # Inference and parsing.
+    inference_height: int = 368  # Images are resized to this height before the network.
+    scales: tuple = (0.5, 1.0, 1.5, 2.0)  # Multi-scale test factors of inference_height.
+    flip_test: bool = False  # Also run the mirrored image and average.
+    peak_threshold: float = 0.1  # Minimum heatmap value of a joint candidate.
+    peak_smoothing: float = 1.0  # Gaussian smoothing of heatmaps before NMS, in grid cells.
+    paf_threshold: float = 0.05  # Minimum PAF alignment of a sample point.
+    paf_samples: int = 10  # Points sampled along a candidate limb.
+    paf_min_fraction: float = 0.8  # Fraction of sample points that must pass paf_threshold.
+    min_parts: int = 4  # People with fewer joints are dropped.
+    min_person_score: float = 0.4  # People whose mean part score is lower are dropped.
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @property
+    def name(self):
+        """The run's name: run_name, or the preset's name when run_name is empty."""
+        return self.run_name or self.preset
+
+
+# Presets are overrides of the paper defaults. `cpu` trains a useful model on two cores: a
+# smaller input, three thinner stages, Adam, and single-scale inference.
+PRESETS = {
+    "paper": {},
+    "cpu": dict(
+        input_size=192,
+        stride=4,
+        stages=3,
+        backbone_channels=(32, 64, 128),
+        cpm_channels=(128, 64),
+        stage_channels=64,
+        stage1_hidden=128,
+        stage_kernel=5,
+        stage_convs=3,
+        backbone_weights="none",
+        heatmap_sigma=5.0,
+        paf_width=1.0,
+        scale_min=0.8,
+        scale_max=1.2,
+        max_rotation=20.0,
+        center_jitter=16.0,
+        batch_size=8,
+        optimizer="adam",
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        stage_lr_multiplier=1.0,
+        lr_decay_steps=4000,
+        lr_decay_rate=0.5,
+        epochs=1000,
+        steps_per_epoch=200,
+        validation_steps=10,
+        max_train_minutes=20.0,
+        log_images_every=200,
+        inference_height=192,
+        scales=(1.0,),
+    ),
+}
+
+
+def make_config(preset="paper", **overrides):
+    """Return the Config of a preset with the given field overrides applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = dict(PRESETS[preset], preset=preset)
+    values.update(overrides)
+    unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    return Config(**values)
+
+
+def _field_type(field):
+    hints = typing.get_type_hints(Config)
+    return hints[field.name]
+
+
+def _parse_bool(text):
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_tuple(text):
+    """Parse '0.5,1,1.5' into a tuple of numbers (ints where they are whole)."""
+    items = [item for item in str(text).replace(" ", "").split(",") if item]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    try:
+        return tuple(int(item) if item.lstrip("-").isdigit() else float(item) for item in items)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def add_config_arguments(parser):
+    """Add --preset and one --field (or --field-name) option per Config field to `parser`.
+
+    Boolean fields accept a bare flag (``--flip_test``) or a value (``--flip_test false``).
+    """
+    group = parser.add_argument_group("configuration (any Config field)")
+    group.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                       help="start from this preset (default: paper)")
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        if field.name == "preset":
+            continue
+        kind = _field_type(field)
+        flags = ["--" + field.name]
+        if "_" in field.name:
+            flags.append("--" + field.name.replace("_", "-"))
+        default_text = getattr(defaults, field.name)
+        common = dict(dest="cfg_" + field.name, default=None,
+                      help=f"paper default: {default_text}")
+        if kind is bool:
+            group.add_argument(*flags, nargs="?", const=True, type=_parse_bool, **common)
+        elif kind is tuple:
+            group.add_argument(*flags, type=_parse_tuple, metavar="A,B,..", **common)
+        else:
+            group.add_argument(*flags, type=kind, **common)
+    return parser
+
+
+def config_from_args(args):
+    """Build the Config from parsed arguments: the preset, then every option given."""
+    overrides = {
+        key[len("cfg_"):]: value
+        for key, value in vars(args).items()
+        if key.startswith("cfg_") and value is not None
+    }
+    return make_config(args.preset, **overrides)
+
+
+def parse_config(argv=None, description=None):
+    """Parse a command line made only of config options (for scripts with no flags of their own)."""
+    parser = add_config_arguments(argparse.ArgumentParser(description=description))
+    return config_from_args(parser.parse_args(argv))
+
+
+def save_config(cfg, path):
+    """Write the resolved config as JSON, atomically."""
+    from utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(path):
+    """Read a config saved by save_config; lists come back as tuples, unknown keys are errors."""
+    with open(path, "r", encoding="utf-8") as handle:
+        values = json.load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields")
+    field_names = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(values) - field_names
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+    values = {key: tuple(value) if isinstance(value, list) else value
+              for key, value in values.items()}
+    return Config(**values)
+
+
+def run_directories(cfg):
+    """Return (model_dir, log_dir) of this run: models/<name>/ and logs/<name>/."""
+    return (os.path.join(cfg.models_dir, cfg.name), os.path.join(cfg.logs_dir, cfg.name))
