@@ -118,6 +118,7 @@ class Config:
     models_dir: str = "models"  # Checkpoints go to models/<run_name>/.
     logs_dir: str = "logs"  # TensorBoard and CSV logs go to logs/<run_name>/.
     run_name: str = ""  # Empty means the preset's name.
+    annotation_tolerance: float = 2.0  # Pixels a keypoint/box may stray outside image or box.
 
     # Network geometry.
     input_size: int = 368  # Square training crop in pixels.

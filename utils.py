@@ -32,6 +32,10 @@ def atomic_path(path, suffix=None):
     os.close(handle)
     try:
         yield temporary
+        # mkstemp creates files readable by the owner only; give the result the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
