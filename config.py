@@ -286,11 +286,12 @@ def add_config_arguments(parser):
         common = dict(dest="cfg_" + field.name, default=None,
                       help=f"paper default: {default_text}")
         if kind is bool:
-            group.add_argument(*flags, nargs="?", const=True, type=_parse_bool, **common)
+            group.add_argument(*flags, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
+                               **common)
         elif kind is tuple:
             group.add_argument(*flags, type=_parse_tuple, metavar="A,B,..", **common)
         else:
-            group.add_argument(*flags, type=kind, **common)
+            group.add_argument(*flags, type=kind, metavar=kind.__name__.upper(), **common)
     return parser
 
 
