@@ -174,12 +174,15 @@ class Config:
     scales: tuple = (0.5, 1.0, 1.5, 2.0)  # Multi-scale test factors of inference_height.
     flip_test: bool = False  # Also run the mirrored image and average.
     peak_threshold: float = 0.1  # Minimum heatmap value of a joint candidate.
-    peak_smoothing: float = 1.0  # Gaussian smoothing of heatmaps before NMS, in grid cells.
+    peak_smoothing: float = 0.5  # Heatmap smoothing before NMS, in grid cells (paper: 3 px).
+    max_peaks_per_joint: int = 32  # Strongest candidates kept per joint (bounds noisy maps).
     paf_threshold: float = 0.05  # Minimum PAF alignment of a sample point.
     paf_samples: int = 10  # Points sampled along a candidate limb.
     paf_min_fraction: float = 0.8  # Fraction of sample points that must pass paf_threshold.
     min_parts: int = 4  # People with fewer joints are dropped.
     min_person_score: float = 0.4  # People whose mean part score is lower are dropped.
+    limb_matching: str = "optimal"  # optimal: Hungarian per limb (paper) | greedy: best first.
+    fragment_join_ratio: float = 1.0  # Join split people when gap <= ratio*limbs*limb length.
 
     def to_dict(self):
         return dataclasses.asdict(self)

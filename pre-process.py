@@ -89,7 +89,7 @@ from utils import atomic_path, atomic_write_json, atomic_write_text, read_image_
 
 ANNOTATION_KEYS = ("image_id", "keypoint_annotations", "human_annotations")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-DEFAULT_TOLERANCE = 2.0  # Pixels; read as cfg.annotation_tolerance once Config has it.
+DEFAULT_TOLERANCE = 2.0  # Pixels; scripts pass cfg.annotation_tolerance.
 CHUNK_SIZE = 64  # Images per thread-pool task: large enough to amortise the task overhead.
 VISIBILITY_KEYS = ("1", "2", "3", "invalid")
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
@@ -580,7 +580,7 @@ def process_source(source, cfg, jobs=1, full_decode=False, check_only=False):
 
     Returns the summary dict.
     """
-    tolerance = float(getattr(cfg, "annotation_tolerance", DEFAULT_TOLERANCE))
+    tolerance = float(cfg.annotation_tolerance)
     checked_records, sizes = validate_split(source, tolerance, jobs, full_decode)
     summary = summarise(source, checked_records, full_decode, tolerance)
     print(format_summary(summary))

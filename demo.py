@@ -1,0 +1,496 @@
+"""Run a trained model on images, a folder, a video or a camera, and draw the people found.
+
+    python demo.py                                   # newest best checkpoint in models/ on images/
+    python demo.py --image photo.jpg --model models/cpu/best.keras
+    python demo.py --image DIR --json predictions.json   # AI Challenger submission format
+    python demo.py --video clip.mp4                  # writes clip_pose.mp4 beside it
+    python demo.py --video 0 --max-frames 300        # camera 0
+    python demo.py --image photo.jpg --show-maps left_elbow          # a part's heatmap
+    python demo.py --image photo.jpg --show-maps right_elbow-right_wrist  # a limb's PAF
+
+Results are written beside the inputs (or into --output DIR) as <name>_pose.<ext>, and map
+overlays as <name>_maps_<map>.jpg; files with those suffixes are never read as inputs. Every
+output is written atomically. The inference settings (--scales, --flip, --peak-threshold, ...)
+start from the checkpoint's config.json and can be overridden here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+
+import config
+import inference
+import utils
+from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+OUTPUT_SUFFIX = "_pose"
+MAPS_SUFFIX = "_maps_"
+DEFAULT_IMAGES_DIR = "images"
+# Config fields that may differ from the checkpoint's: inference and parsing settings only
+# (the network's geometry is fixed by the checkpoint).
+INFERENCE_FIELDS = (
+    "inference_height", "scales", "flip_test", "peak_threshold", "peak_smoothing",
+    "paf_threshold", "paf_samples", "paf_min_fraction", "min_parts", "min_person_score",
+    "pad_value", "limb_matching", "fragment_join_ratio", "max_peaks_per_joint", "models_dir",
+)
+TRAIN_HINT = "train one with `python train.py --preset cpu` or pass --model PATH"
+
+
+class DemoError(Exception):
+    """A problem to report in one line (no traceback) before exiting with status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint and configuration
+# --------------------------------------------------------------------------------------------
+def find_checkpoint(models_dir):
+    """The newest models_dir/*/best.keras, else the newest */last.keras; DemoError if none."""
+    for name in ("best.keras", "last.keras"):
+        found = glob.glob(os.path.join(models_dir, "*", name))
+        if found:
+            return max(found, key=os.path.getmtime)
+    raise DemoError(f"no checkpoint found in {models_dir}/ (looked for */best.keras and "
+                    f"*/last.keras); {TRAIN_HINT}")
+
+
+def explicit_overrides(args):
+    """The Config fields given on the command line (not the defaults)."""
+    overrides = {key[len("cfg_"):]: value for key, value in vars(args).items()
+                 if key.startswith("cfg_") and value is not None}
+    if args.flip:
+        overrides["flip_test"] = True
+    return overrides
+
+
+def inference_config(checkpoint_cfg, overrides):
+    """The checkpoint's config with the command line's inference settings on top."""
+    fixed = sorted(set(overrides) - set(INFERENCE_FIELDS))
+    if fixed:
+        raise DemoError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only these "
+                        f"settings can be changed: {', '.join(INFERENCE_FIELDS)}")
+    known = {field.name for field in dataclasses.fields(checkpoint_cfg)}
+    cfg = dataclasses.replace(checkpoint_cfg, **{key: value for key, value in overrides.items()
+                                                 if key in known})
+    for key, value in overrides.items():
+        if key not in known:
+            setattr(cfg, key, value)  # parser settings Config does not define yet
+    return cfg
+
+
+def load_network(path):
+    """model.load_checkpoint(path) with one-line errors; (model, checkpoint config)."""
+    import model as model_module
+
+    if not os.path.exists(path):
+        raise DemoError(f"{path}: checkpoint not found; {TRAIN_HINT}")
+    try:
+        network, cfg = model_module.load_checkpoint(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise DemoError(f"{path}: cannot load this checkpoint with its config.json (built for "
+                        f"another configuration or skeleton?): {message}")
+    heatmap_channels = network.outputs[-1].shape[-1]
+    paf_channels = network.outputs[-2].shape[-1]
+    if (heatmap_channels, paf_channels) != (config.NUM_HEATMAPS, config.NUM_PAFS):
+        raise DemoError(f"{path}: the network outputs {heatmap_channels} heatmap and "
+                        f"{paf_channels} PAF channels but config.py's skeleton needs "
+                        f"{config.NUM_HEATMAPS} and {config.NUM_PAFS}")
+    return network, cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs
+# --------------------------------------------------------------------------------------------
+def is_output_file(path):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem.endswith(OUTPUT_SUFFIX) or MAPS_SUFFIX in stem
+
+
+def collect_images(paths):
+    """Image files named by `paths` (files, or folders scanned for image extensions), sorted
+    within each folder, without this script's own outputs. DemoError for a missing path."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            names = sorted(name for name in os.listdir(path)
+                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            found += [os.path.join(path, name) for name in names
+                      if not is_output_file(name)]
+        elif os.path.exists(path):
+            found.append(path)
+        else:
+            raise DemoError(f"{path}: no such file or folder")
+    return found
+
+
+def output_path(path, out_dir, suffix, extension=None):
+    """<out_dir or path's folder>/<stem><suffix><extension or path's extension>."""
+    stem, original_extension = os.path.splitext(os.path.basename(path))
+    extension = extension or (original_extension if original_extension.lower()
+                              in IMAGE_EXTENSIONS else ".jpg")
+    return os.path.join(out_dir or os.path.dirname(os.path.abspath(path)),
+                        stem + suffix + extension)
+
+
+def write_image(path, image_bgr):
+    """Write an image atomically; DemoError if OpenCV cannot encode it."""
+    with utils.atomic_path(path) as temporary:
+        if not cv2.imwrite(temporary, image_bgr):
+            raise DemoError(f"{path}: OpenCV could not write this image")
+
+
+def submission_entry(image_id, people):
+    """One AI Challenger submission record (humanN keys, v = 1 for found joints)."""
+    return {"image_id": image_id, "keypoint_annotations": inference.people_to_aic(people)}
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------
+def drawing_sizes(shape):
+    """(limb thickness, joint radius, font scale) that stay readable from thumbnails to 4K."""
+    side = min(shape[0], shape[1])
+    thickness = max(2, int(round(side / 180)))
+    return thickness, thickness + max(1, thickness // 2), max(0.4, side / 900)
+
+
+def _person_label(canvas, person, number, sizes):
+    """Write the person's number above its highest found joint, white on a black outline."""
+    found = person[:, 2] > 0
+    if not found.any():
+        return
+    top = np.argmin(np.where(found, person[:, 1], np.inf))
+    thickness, radius, font_scale = sizes
+    origin = (int(person[top, 0]) - radius, max(int(person[top, 1]) - 2 * radius, 12))
+    for color, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), max(1, thickness // 2))):
+        cv2.putText(canvas, str(number), origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale * 1.2,
+                    color, width, cv2.LINE_AA)
+
+
+def draw_people(image_bgr, people):
+    """A copy of the image with each person's limbs (config.LIMB_COLORS), joints
+    (config.JOINT_COLORS, black rims) and number (1 = best score). people: (N, 14, 3) of
+    (x, y, score) in this image's pixels, score 0 for missing joints."""
+    canvas = np.ascontiguousarray(image_bgr).copy()
+    sizes = drawing_sizes(canvas.shape)
+    thickness, radius, _ = sizes
+    for person in np.asarray(people).reshape(-1, len(JOINT_NAMES), 3):
+        points = [tuple(int(round(v)) for v in joint[:2]) for joint in person]
+        for (a, b), color in zip(LIMBS, LIMB_COLORS):
+            if person[a, 2] > 0 and person[b, 2] > 0:
+                cv2.line(canvas, points[a], points[b], (0, 0, 0), thickness + 2, cv2.LINE_AA)
+                cv2.line(canvas, points[a], points[b], color, thickness, cv2.LINE_AA)
+        for joint, color in enumerate(JOINT_COLORS):
+            if person[joint, 2] > 0:
+                cv2.circle(canvas, points[joint], radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+                cv2.circle(canvas, points[joint], radius, color, -1, cv2.LINE_AA)
+    for number, person in enumerate(np.asarray(people).reshape(-1, len(JOINT_NAMES), 3), 1):
+        _person_label(canvas, person, number, sizes)
+    return canvas
+
+
+def parse_map_spec(text):
+    """--show-maps value -> ("joint", j), ("limb", k) or ("background", index).
+
+    Accepts a joint name (left_elbow, left-elbow), "background", a limb as two joint names
+    joined by '-' or ':' in either order (neck-head_top), or limbK / jointJ by index.
+    """
+    cleaned = text.strip().lower().replace(" ", "_")
+    names = {name: index for index, name in enumerate(JOINT_NAMES)}
+    if cleaned == "background":
+        return "background", config.BACKGROUND_CHANNEL
+    if cleaned.replace("-", "_") in names:
+        return "joint", names[cleaned.replace("-", "_")]
+    for prefix, kind, count in (("limb", "limb", len(LIMBS)), ("joint", "joint", len(names))):
+        if cleaned.startswith(prefix) and cleaned[len(prefix):].isdigit():
+            index = int(cleaned[len(prefix):])
+            if index < count:
+                return kind, index
+    for separator in (":", "-"):
+        parts = cleaned.split(separator)
+        if len(parts) == 2 and all(part.replace("-", "_") in names for part in parts):
+            pair = tuple(names[part.replace("-", "_")] for part in parts)
+            for index, limb in enumerate(LIMBS):
+                if pair in (limb, limb[::-1]):
+                    return "limb", index
+    limbs = ", ".join(f"{JOINT_NAMES[a]}-{JOINT_NAMES[b]}" for a, b in LIMBS)
+    raise DemoError(f"--show-maps {text!r}: expected a joint ({', '.join(JOINT_NAMES)}), "
+                    f"'background', or a limb ({limbs})")
+
+
+def _grid_to_image_matrix(mapping, stride):
+    """2x3 affine taking image pixels to grid coordinates (for cv2.warpAffine's inverse map)."""
+    (scale_x, scale_y), (offset_x, offset_y) = mapping["scale"], mapping["offset"]
+    centre = (stride - 1) / 2.0
+    return np.array([[scale_x / stride, 0, (offset_x - centre) / stride],
+                     [0, scale_y / stride, (offset_y - centre) / stride]], dtype=np.float64)
+
+
+def _map_to_image(grid_map, mapping, shape):
+    """A grid map (rows, cols[, <=4 channels]) resampled onto the image (display only)."""
+    matrix = _grid_to_image_matrix(mapping, mapping["stride"])
+    return cv2.warpAffine(np.ascontiguousarray(grid_map, dtype=np.float32), matrix,
+                          (shape[1], shape[0]), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _paf_arrows(canvas, field, mapping, sizes):
+    """White arrows of the PAF vectors, about every 6 line widths, where the field is strong."""
+    rows, cols, _ = field.shape
+    thickness = sizes[0]
+    cell = mapping["stride"] / mapping["scale"][0]  # a grid cell in image pixels
+    step = max(1, int(round(max(16, 6 * thickness) / max(cell, 1e-6))))
+    for row in range(0, rows, step):
+        for col in range(0, cols, step):
+            vector = field[row, col]
+            if np.hypot(*vector) < 0.2:
+                continue
+            start = inference.grid_to_pixels((col, row), mapping["stride"], mapping["scale"],
+                                             mapping["offset"])
+            end = start + vector * cell * step * 0.6
+            cv2.arrowedLine(canvas, tuple(int(v) for v in start), tuple(int(v) for v in end),
+                            (255, 255, 255), max(1, thickness // 3), cv2.LINE_AA, tipLength=0.35)
+
+
+def draw_map_overlay(image_bgr, heatmaps, pafs, mapping, spec):
+    """The image with one map blended over it: a joint's (or the background's) heatmap, or a
+    limb's PAF magnitude with arrows, like the paper's figures. spec from parse_map_spec."""
+    kind, index = spec
+    if kind == "limb":
+        field = pafs[:, :, 2 * index:2 * index + 2]
+        values = np.hypot(field[:, :, 0], field[:, :, 1])
+        title = "PAF " + "-".join(JOINT_NAMES[j] for j in LIMBS[index])
+    else:
+        values = heatmaps[:, :, index]
+        title = JOINT_NAMES[index] if kind == "joint" else "background"
+    resized = np.clip(_map_to_image(values, mapping, image_bgr.shape), 0.0, 1.0)
+    colored = cv2.applyColorMap((resized * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    canvas = cv2.addWeighted(image_bgr, 0.5, colored, 0.5, 0.0)
+    sizes = drawing_sizes(canvas.shape)
+    if kind == "limb":
+        _paf_arrows(canvas, field, mapping, sizes)
+    origin = (8, int(30 * sizes[2]) + 8)
+    for color, width in (((0, 0, 0), sizes[0] + 2), ((255, 255, 255), max(1, sizes[0] // 2))):
+        cv2.putText(canvas, title, origin, cv2.FONT_HERSHEY_SIMPLEX, sizes[2], color, width,
+                    cv2.LINE_AA)
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+def _read_chunk(paths, skipped):
+    """[(path, RGB image)] of the readable paths; the others are reported and counted."""
+    readable = []
+    for path in paths:
+        try:
+            readable.append((path, utils.read_image_rgb(path)))
+        except utils.ImageError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+            skipped.append(path)
+    return readable
+
+
+def _save_image_results(path, image_rgb, maps, people, args):
+    """Write the drawing (and the map overlay) of one image."""
+    image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    write_image(output_path(path, args.output, OUTPUT_SUFFIX), draw_people(image_bgr, people))
+    if args.show_maps:
+        spec = parse_map_spec(args.show_maps)
+        name = args.show_maps.strip().lower().replace(" ", "_").replace(":", "-")
+        overlay = draw_map_overlay(image_bgr, maps[0], maps[1], maps[2], spec)
+        write_image(output_path(path, args.output, MAPS_SUFFIX + name, ".jpg"), overlay)
+
+
+def process_images(network, cfg, paths, args):
+    """Run the model on image files in batches; returns (submission entries, skipped paths)."""
+    from tqdm import tqdm
+
+    entries, skipped = [], []
+    with tqdm(total=len(paths), unit="image", desc="demo", disable=len(paths) < 2) as bar:
+        for first in range(0, len(paths), inference.INFERENCE_BATCH):
+            chunk = _read_chunk(paths[first:first + inference.INFERENCE_BATCH], skipped)
+            maps = inference.predict_maps_batch(network, [image for _, image in chunk], cfg)
+            for (path, image), (heatmaps, pafs, mapping) in zip(chunk, maps):
+                people, _ = inference.parse_poses(heatmaps, pafs, cfg, **mapping)
+                people = inference.clip_to_image(people, *image.shape[:2])
+                _save_image_results(path, image, (heatmaps, pafs, mapping), people, args)
+                entries.append(submission_entry(os.path.splitext(os.path.basename(path))[0],
+                                                people))
+            bar.update(len(paths[first:first + inference.INFERENCE_BATCH]))
+    return entries, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Video
+# --------------------------------------------------------------------------------------------
+def open_video(source):
+    """cv2.VideoCapture of a file or a camera index; DemoError if it cannot be opened."""
+    camera = source.isdigit()
+    capture = cv2.VideoCapture(int(source) if camera else source)
+    if not capture.isOpened():
+        capture.release()
+        what = f"camera {source}" if camera else source
+        raise DemoError(f"{what}: cannot open this video (missing, unreadable or an unsupported "
+                        "format)")
+    return capture
+
+
+def video_output_path(source, out_dir):
+    if source.isdigit():
+        return os.path.join(out_dir or ".", f"camera{source}{OUTPUT_SUFFIX}.mp4")
+    return output_path(source, out_dir, OUTPUT_SUFFIX, ".mp4")
+
+
+def _frames(capture, max_frames, batch):
+    """Yield lists of up to `batch` BGR frames until the video ends or max_frames are read."""
+    read, frames = 0, []
+    while not max_frames or read < max_frames:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+        read += 1
+        if len(frames) == batch:
+            yield frames
+            frames = []
+    if frames:
+        yield frames
+
+
+def _annotate_video(network, cfg, capture, writer_path, args):
+    """Read, estimate, draw and write every frame; returns (entries, frames written)."""
+    from tqdm import tqdm
+
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    if args.max_frames:
+        total = min(total or args.max_frames, args.max_frames)
+    stem = "camera" + args.video if args.video.isdigit() else \
+        os.path.splitext(os.path.basename(args.video))[0]
+    writer, entries, count = None, [], 0
+    try:
+        with tqdm(total=total, unit="frame", desc="video") as bar:
+            for frames in _frames(capture, args.max_frames, inference.INFERENCE_BATCH):
+                if writer is None:
+                    height, width = frames[0].shape[:2]
+                    writer = cv2.VideoWriter(writer_path, cv2.VideoWriter_fourcc(*"mp4v"),
+                                             fps, (width, height))
+                    if not writer.isOpened():
+                        raise DemoError(f"{writer_path}: OpenCV cannot write an mp4 video here")
+                rgb = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in frames]
+                for frame, (people, _) in zip(frames, inference.estimate_poses_batch(
+                        network, rgb, cfg)):
+                    writer.write(draw_people(frame, people))
+                    entries.append(submission_entry(f"{stem}_{count:06d}", people))
+                    count += 1
+                bar.update(len(frames))
+    except KeyboardInterrupt:
+        print("interrupted: keeping the frames done so far", file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.release()
+    return entries, count
+
+
+def process_video(network, cfg, args):
+    """Annotate a video file or camera stream into <name>_pose.mp4 (atomically)."""
+    capture = open_video(args.video)
+    destination = video_output_path(args.video, args.output)
+    try:
+        with utils.atomic_path(destination) as temporary:
+            entries, count = _annotate_video(network, cfg, capture, temporary, args)
+            if count == 0:
+                raise DemoError(f"{args.video}: no frame could be read from this video")
+    finally:
+        capture.release()
+    print(f"wrote {destination} ({count} frames)")
+    return entries
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Draw the people a trained model finds in images, a folder, a video or a "
+                    "camera stream (no arguments: the newest checkpoint in models/ on images/).",
+        allow_abbrev=False)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image", nargs="+", metavar="PATH",
+                        help="image files and/or folders of images (default: images/)")
+    source.add_argument("--video", metavar="PATH|CAMERA",
+                        help="a video file, or a camera index such as 0")
+    parser.add_argument("--model", metavar="PATH",
+                        help="checkpoint (.keras, config.json beside it) or run folder; default: "
+                             "newest models/*/best.keras, else */last.keras")
+    parser.add_argument("--output", metavar="DIR",
+                        help="write results here instead of beside the inputs")
+    parser.add_argument("--json", metavar="OUT",
+                        help="also write the people as an AI Challenger submission JSON")
+    parser.add_argument("--show-maps", "--show_maps", dest="show_maps", metavar="PART_OR_LIMB",
+                        help="images only: also write an overlay of a joint's heatmap (e.g. "
+                             "left_elbow, background) or a limb's PAF (e.g. "
+                             "right_elbow-right_wrist) as <name>_maps_<map>.jpg")
+    parser.add_argument("--flip", action="store_true",
+                        help="flip test: also run the mirror image (same as --flip-test)")
+    parser.add_argument("--max-frames", "--max_frames", dest="max_frames", type=int, default=0,
+                        help="stop a video or camera after this many frames (0: all)")
+    config.add_config_arguments(parser)
+    return parser
+
+
+def run(args):
+    """Do what the arguments ask; returns the exit status. Raises DemoError."""
+    if args.show_maps:
+        parse_map_spec(args.show_maps)  # fail before loading anything
+    overrides = explicit_overrides(args)
+    models_dir = overrides.get("models_dir", config.Config().models_dir)
+    checkpoint = args.model or find_checkpoint(models_dir)
+    paths = [] if args.video else collect_images(args.image or [DEFAULT_IMAGES_DIR])
+    if not args.video and not paths:
+        where = ", ".join(args.image or [DEFAULT_IMAGES_DIR])
+        raise DemoError(f"no images found in {where}; pass --image PATH or add .jpg/.png files")
+    network, checkpoint_cfg = load_network(checkpoint)
+    cfg = inference_config(checkpoint_cfg, overrides)
+    print(f"model {checkpoint}; scales {tuple(cfg.scales)}, flip test {cfg.flip_test}")
+    skipped = []
+    if args.video:
+        entries = process_video(network, cfg, args)
+    else:
+        entries, skipped = process_images(network, cfg, paths, args)
+        where = args.output or "beside the inputs"
+        print(f"{len(entries)} image(s) done, results {where}; {len(skipped)} skipped")
+    if args.json:
+        utils.atomic_write_json(args.json, entries)
+        print(f"wrote {args.json} ({len(entries)} entries)")
+    return 1 if skipped and not entries else 0
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_frames < 0:
+        parser.error("--max-frames must be >= 0")
+    try:
+        return run(args)
+    except DemoError as error:
+        print(f"demo.py: error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # e.g. invalid maps or settings found during inference
+        print(f"demo.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

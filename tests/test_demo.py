@@ -1,0 +1,185 @@
+"""Tests of demo.py: drawing, inputs and outputs, errors, and runs with a tiny random model."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+import config
+import demo
+import inference
+from config import JOINT_COLORS, NUM_JOINTS
+
+
+def tiny_config(**overrides):
+    values = dict(stages=1, backbone_channels=(4, 8, 8), cpm_channels=(8, 8), stage_channels=8,
+                  stage1_hidden=8, inference_height=32)
+    values.update(overrides)
+    return config.make_config("cpu", **values)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialised tiny network saved as models/tiny/best.keras + config.json."""
+    import model
+
+    run = tmp_path_factory.mktemp("models") / "tiny"
+    run.mkdir()
+    cfg = tiny_config()
+    model.build_model(cfg).save(str(run / "best.keras"))
+    config.save_config(cfg, str(run / "config.json"))
+    return str(run / "best.keras")
+
+
+def write_image(path, height=40, width=56):
+    rng = np.random.default_rng(len(str(path)))
+    assert cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def one_person(size=200):
+    """(1, 14, 3) person spread over a size x size image, right ankle missing."""
+    person = np.zeros((1, NUM_JOINTS, 3), dtype=np.float32)
+    person[0, :, 0] = np.linspace(0.1, 0.8, NUM_JOINTS) * size
+    person[0, :, 1] = np.linspace(0.15, 0.85, NUM_JOINTS) * size
+    person[0, :, 2] = 0.8
+    person[0, 8] = 0
+    return person
+
+
+def test_draw_people_colours_joints_and_leaves_the_input_alone():
+    image = np.full((200, 200, 3), 60, dtype=np.uint8)
+    person = one_person()
+    drawn = demo.draw_people(image, person)
+    assert drawn.shape == image.shape and (image == 60).all()
+    for joint in (0, 5, 13):
+        x, y = np.rint(person[0, joint, :2]).astype(int)
+        assert tuple(drawn[y, x]) == JOINT_COLORS[joint]
+    assert (drawn[0:3, 0:3] == 60).all()  # the missing joint is not drawn at (0, 0)
+    assert (drawn != 60).any(axis=2).sum() > 500  # limbs drawn
+
+
+def test_drawing_sizes_grow_with_the_image():
+    small, large = demo.drawing_sizes((240, 320)), demo.drawing_sizes((2160, 3840))
+    assert small[0] >= 2 and large[0] > 2 * small[0] and large[1] > large[0]
+    assert large[2] > small[2]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("left_elbow", ("joint", 4)), ("Left-Elbow", ("joint", 4)), ("background", ("background", 14)),
+    ("right_elbow-right_wrist", ("limb", 5)), ("right_wrist:right_elbow", ("limb", 5)),
+    ("neck-head_top", ("limb", 0)), ("limb14", ("limb", 14)), ("joint13", ("joint", 13)),
+])
+def test_parse_map_spec(text, expected):
+    assert demo.parse_map_spec(text) == expected
+
+
+@pytest.mark.parametrize("text", ["elbow", "limb15", "left_elbow-right_wrist"])
+def test_parse_map_spec_rejects_unknown_maps_listing_the_choices(text):
+    with pytest.raises(demo.DemoError, match="expected a joint .*neck.* or a limb"):
+        demo.parse_map_spec(text)
+
+
+def test_collect_images_skips_outputs_and_other_files(tmp_path):
+    for name in ("b.jpg", "a.PNG", "a_pose.PNG", "b_maps_neck.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert demo.collect_images([str(tmp_path)]) == [str(tmp_path / "a.PNG"),
+                                                     str(tmp_path / "b.jpg")]
+    with pytest.raises(demo.DemoError, match="no such file"):
+        demo.collect_images([str(tmp_path / "missing.jpg")])
+
+
+def test_find_checkpoint_prefers_the_newest_best(tmp_path):
+    for run, name, age in (("old", "best.keras", 100), ("new", "best.keras", 10),
+                           ("newer", "last.keras", 0)):
+        (tmp_path / run).mkdir(exist_ok=True)
+        path = tmp_path / run / name
+        path.write_bytes(b"x")
+        os.utime(path, (1e9 - age, 1e9 - age))
+    assert demo.find_checkpoint(str(tmp_path)) == str(tmp_path / "new" / "best.keras")
+    with pytest.raises(demo.DemoError, match="python train.py --preset cpu"):
+        demo.find_checkpoint(str(tmp_path / "new"))
+
+
+def test_no_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    write_image(tmp_path / "a.jpg")
+    status = demo.main(["--models_dir", str(tmp_path / "none"), "--image", str(tmp_path)])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and len(error.splitlines()) == 1
+    assert "no checkpoint found" in error and "python train.py --preset cpu" in error
+
+
+def test_only_inference_settings_can_override_the_checkpoint(checkpoint, tmp_path, capsys):
+    write_image(tmp_path / "a.jpg")
+    status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--stride", "8"])
+    assert status == 2 and "--stride is fixed by the checkpoint" in capsys.readouterr().err
+    args = demo.build_parser().parse_args(["--flip", "--scales", "0.5,1", "--peak-threshold",
+                                           "0.2"])
+    cfg = demo.inference_config(tiny_config(), demo.explicit_overrides(args))
+    assert cfg.flip_test is True and cfg.scales == (0.5, 1) and cfg.peak_threshold == 0.2
+    assert cfg.stride == tiny_config().stride
+
+
+def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkeypatch, capsys):
+    write_image(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    person = one_person(size=40)
+    monkeypatch.setattr(inference, "parse_poses",
+                        lambda *args, **kwargs: (person.copy(), np.ones(1, np.float32)))
+    out = tmp_path / "out" / "predictions.json"
+    status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out),
+                        "--show-maps", "right_elbow-right_wrist", "--flip"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "skipped:" in captured.err and "broken.jpg" in captured.err
+    assert (tmp_path / "good_pose.png").is_file()
+    assert (tmp_path / "good_maps_right_elbow-right_wrist.jpg").is_file()
+    assert not (tmp_path / "broken_pose.jpg").exists()
+    entries = json.loads(out.read_text())
+    assert [entry["image_id"] for entry in entries] == ["good"]
+    values = entries[0]["keypoint_annotations"]["human1"]
+    assert len(values) == 42 and all(type(v) is int for v in values)
+    assert values[24:27] == [0, 0, 0]  # the missing right ankle
+    assert values[2::3] == [0 if joint == 8 else 1 for joint in range(NUM_JOINTS)]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_a_checkpoint_built_for_another_config_is_reported(checkpoint, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "mismatch"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "best.keras")
+    config.save_config(tiny_config(stage_channels=16), str(run / "config.json"))
+    write_image(tmp_path / "a.jpg")
+    status = demo.main(["--model", str(run / "best.keras"), "--image", str(tmp_path / "a.jpg")])
+    error = capsys.readouterr().err
+    assert status == 2 and "cannot load this checkpoint" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_a_video_that_cannot_be_opened(checkpoint, tmp_path, capsys):
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    status = demo.main(["--model", checkpoint, "--video", str(tmp_path / "clip.mp4")])
+    assert status == 2 and "cannot open this video" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]  # nothing half-written
+
+
+def test_a_video_is_annotated_frame_by_frame(checkpoint, tmp_path):
+    source = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 32))
+    for index in range(5):
+        writer.write(np.full((32, 48, 3), 40 * index, dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "frames.json"
+    assert demo.main(["--model", checkpoint, "--video", source, "--json", str(out),
+                      "--max-frames", "4"]) == 0
+    capture = cv2.VideoCapture(str(tmp_path / "clip_pose.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 4
+    assert [entry["image_id"] for entry in json.loads(out.read_text())] == [
+        f"clip_{index:06d}" for index in range(4)]
