@@ -154,6 +154,7 @@ class Config:
     momentum: float = 0.9  # SGD momentum.
     weight_decay: float = 5e-4  # L2 weight decay.
     stage_lr_multiplier: float = 4.0  # Learning-rate factor of stages 2..T, as the original did.
+    bias_lr_multiplier: float = 2.0  # Learning-rate factor of biases (Caffe's lr_mult 2).
     lr_decay_steps: int = 136106  # Step decay period in optimizer steps.
     lr_decay_rate: float = 0.333  # Step decay factor.
     epochs: int = 100  # Training epochs.
@@ -163,6 +164,7 @@ class Config:
     early_stopping_patience: int = 0  # Epochs without improvement before stopping; 0 is off.
     reduce_lr_patience: int = 0  # Epochs without improvement before lr/3; 0 is off.
     log_images_every: int = 500  # Steps between TensorBoard map images.
+    checkpoint_every_steps: int = 1000  # Also checkpoint every N steps; 0: only at epoch ends.
     seed: int = 0  # Seed of shuffling, augmentation and initialisation.
     strategy: str = "auto"  # auto | mirrored | multiworker (tf.distribute).
     mixed_precision: bool = False  # Train with the mixed_float16 policy.
@@ -198,35 +200,37 @@ class Config:
 PRESETS = {
     "paper": {},
     "cpu": dict(
-        input_size=192,
+        input_size=160,
         stride=4,
         stages=3,
-        backbone_channels=(32, 64, 128),
-        cpm_channels=(128, 64),
-        stage_channels=64,
-        stage1_hidden=128,
-        stage_kernel=5,
+        backbone_channels=(16, 32, 64),
+        cpm_channels=(64, 32),
+        stage_channels=32,
+        stage1_hidden=64,
+        stage_kernel=3,
         stage_convs=3,
         backbone_weights="none",
-        heatmap_sigma=5.0,
+        heatmap_sigma=4.0,
         paf_width=1.0,
-        scale_min=0.8,
-        scale_max=1.2,
-        max_rotation=20.0,
+        scale_min=0.6,
+        scale_max=1.5,
+        max_rotation=30.0,
         center_jitter=16.0,
         batch_size=8,
         optimizer="adam",
         learning_rate=1e-3,
         weight_decay=0.0,
         stage_lr_multiplier=1.0,
-        lr_decay_steps=4000,
+        bias_lr_multiplier=1.0,
+        lr_decay_steps=1500,
         lr_decay_rate=0.5,
         epochs=1000,
         steps_per_epoch=200,
         validation_steps=10,
         max_train_minutes=20.0,
         log_images_every=200,
-        inference_height=192,
+        checkpoint_every_steps=100,
+        inference_height=160,
         scales=(1.0,),
     ),
 }

@@ -1,6 +1,6 @@
 """Run a trained model on images, a folder, a video or a camera, and draw the people found.
 
-    python demo.py                                   # newest best checkpoint in models/ on images/
+    python demo.py                                   # newest best checkpoint in models/ on images/samples/
     python demo.py --image photo.jpg --model models/cpu/best.keras
     python demo.py --image DIR --json predictions.json   # AI Challenger submission format
     python demo.py --video clip.mp4                  # writes clip_pose.mp4 beside it
@@ -34,7 +34,7 @@ from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIX = "_pose"
 MAPS_SUFFIX = "_maps_"
-DEFAULT_IMAGES_DIR = "images"
+DEFAULT_IMAGES_DIR = os.path.join("images", "samples")
 # Config fields that may differ from the checkpoint's: inference and parsing settings only
 # (the network's geometry is fixed by the checkpoint).
 INFERENCE_FIELDS = (
@@ -423,11 +423,11 @@ def process_video(network, cfg, args):
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Draw the people a trained model finds in images, a folder, a video or a "
-                    "camera stream (no arguments: the newest checkpoint in models/ on images/).",
+                    "camera stream (no arguments: the newest checkpoint in models/ on images/samples/).",
         allow_abbrev=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", nargs="+", metavar="PATH",
-                        help="image files and/or folders of images (default: images/)")
+                        help="image files and/or folders of images (default: images/samples/)")
     source.add_argument("--video", metavar="PATH|CAMERA",
                         help="a video file, or a camera index such as 0")
     parser.add_argument("--model", metavar="PATH",

@@ -1,0 +1,305 @@
+"""The OpenPose network of Cao et al. (CVPR 2017): a VGG19 front end and T two-branch stages.
+
+``build_model(cfg)`` returns a Keras Functional model. Its input is a float32 RGB image batch
+(B, H, W, 3) with values 0..255 and any H, W divisible by ``cfg.stride``; the model does the VGG
+"caffe" normalisation (RGB -> BGR, minus the ImageNet mean) itself, so ImageNet VGG19 weights are
+meaningful and callers never normalise. Its outputs are the list
+
+    [stage1_pafs, stage1_heatmaps, stage2_pafs, stage2_heatmaps, ..., stageT_pafs, stageT_heatmaps]
+
+each float32 (even under a mixed-precision policy) of shape (B, H/stride, W/stride, C) with
+C = config.NUM_PAFS (branch "L1") or config.NUM_HEATMAPS (branch "L2").
+
+Architecture (layer names as in the original Caffe model):
+
+* ``conv1_1`` ... ``conv4_2``: VGG19's first ten 3x3 convolutions with ReLU. Block widths come from
+  ``cfg.backbone_channels`` (block1: conv1_1-2, block2: conv2_1-2, block3: conv3_1-4, block4:
+  conv4_1-2). A tuple with fewer than four widths reuses its last width for the remaining blocks,
+  so three widths (a, b, c) give block4 c channels, as in the ``cpu`` preset. 2x2 max-pools follow
+  blocks 1, 2 and 3 for stride 8, blocks 1 and 2 for stride 4 (log2(stride) pools in general).
+* ``conv4_3_CPM`` and ``conv4_4_CPM``: 3x3 convolutions of ``cfg.cpm_channels`` widths (ReLU).
+* Stage 1, per branch b in {L1, L2}: ``conv5_1_CPM_Lb`` .. ``conv5_3_CPM_Lb`` (k x k with
+  k = ``cfg.stage1_kernel``, ``cfg.stage_channels`` wide, ReLU), ``conv5_4_CPM_Lb`` (1x1,
+  ``cfg.stage1_hidden``, ReLU), ``conv5_5_CPM_Lb`` (1x1 to the branch's channels, linear).
+* Stage t >= 2: ``concat_stage<t>`` = [previous PAFs, previous heatmaps, features] (the original's
+  order), then per branch ``Mconv1_stage<t>_Lb`` .. ``Mconv<n>_stage<t>_Lb`` (n = cfg.stage_convs,
+  k x k with k = ``cfg.stage_kernel``, ReLU), ``Mconv<n+1>`` (1x1, ``cfg.stage_channels``, ReLU) and
+  ``Mconv<n+2>`` (1x1 to the branch's channels, linear). The paper preset gives Mconv1..Mconv7.
+
+Initialisation (biases start at zero; every layer has its own seed derived from ``cfg.seed``,
+so the same Config always builds the same weights):
+
+* With a pretrained backbone (``backbone_weights`` imagenet or a file), the layers after it
+  (CPM and all stages) are drawn from N(0, 0.01) as in the original. VGG's activations are
+  large, and these small weights keep the first predictions near zero; it is the set-up that
+  the paper's SGD learning rate of 4e-5 was tuned with.
+* Trained from scratch (``backbone_weights`` none, the ``cpu`` preset), every hidden (ReLU)
+  convolution is He-normal so that signals keep their scale through 20+ layers; conv1_1's
+  weights are further divided by 58 (ImageNet's pixel spread in 0..255 units), because it sees
+  mean-subtracted pixels rather than unit-scale inputs. Without that, activations start about
+  60 times too large and the first losses are in the millions.
+* Each stage's last 1x1 convolution is N(0, 0.01) in both cases, so the untrained network
+  predicts nearly-zero maps.
+
+``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read files
+(the weights file or checkpoint the user names); ``build_model`` does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+from keras import layers
+
+import config as config_module
+from config import NUM_HEATMAPS, NUM_PAFS
+
+# ImageNet mean in BGR order, as subtracted by keras.applications' "caffe" preprocessing.
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+# VGG19's real widths for conv1_1 .. conv4_2; ImageNet weights only fit these.
+VGG19_CHANNELS = (64, 128, 256, 512)
+# Convolutions per VGG block that the model uses (block4 stops at conv4_2).
+VGG_BLOCK_CONVS = (2, 2, 4, 2)
+BACKBONE_LAYER_NAMES = tuple(
+    f"conv{block + 1}_{index + 1}"
+    for block, count in enumerate(VGG_BLOCK_CONVS) for index in range(count)
+)
+# Spread (standard deviation) of ImageNet pixel values in 0..255 units, about 58 per channel.
+INPUT_SPREAD = 58.0
+VGG19_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
+                   "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+BRANCHES = (("L1", NUM_PAFS), ("L2", NUM_HEATMAPS))
+
+
+@keras.saving.register_keras_serializable(package="openpose")
+class CaffePreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet mean, VGG's "caffe" input convention.
+
+    It computes in float32 whatever the global policy, so the mean is subtracted exactly;
+    conv1_1 then casts to its own compute dtype.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, images):
+        mean = keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, dtype=images.dtype)
+        return keras.ops.flip(images, axis=-1) - mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class _LayerFactory:
+    """Creates convolutions with distinct, reproducible seeds (one per layer, from cfg.seed).
+
+    `pretrained` (a backbone that will be loaded) selects the original's N(0, 0.01) for the
+    layers after the backbone; otherwise every hidden convolution is He-normal (see the module
+    docstring). Output convolutions are N(0, 0.01) either way.
+    """
+
+    def __init__(self, seed, pretrained):
+        self.seed = int(seed) * 1000
+        self.count = 0
+        self.pretrained = pretrained
+
+    def initializer(self, role):
+        self.count += 1
+        seed = self.seed + self.count
+        if role == "output" or (role == "head" and self.pretrained):
+            return keras.initializers.RandomNormal(stddev=0.01, seed=seed)
+        # conv1_1 sees mean-subtracted pixels whose spread is about INPUT_SPREAD rather than 1,
+        # so its weights are that much smaller and activations start near unit scale.
+        scale = 2.0 / INPUT_SPREAD ** 2 if role == "first" else 2.0
+        return keras.initializers.VarianceScaling(scale=scale, mode="fan_in",
+                                                  distribution="truncated_normal", seed=seed)
+
+    def conv(self, channels, kernel, name, role="head"):
+        """A same-padded Conv2D; role: first | backbone | head (hidden, ReLU) | output (linear)."""
+        return layers.Conv2D(channels, kernel, padding="same",
+                             activation=None if role == "output" else "relu",
+                             kernel_initializer=self.initializer(role),
+                             bias_initializer="zeros", name=name)
+
+
+def uses_pretrained_backbone(cfg):
+    """True when cfg.backbone_weights names weights (imagenet or a file) rather than none."""
+    return bool(cfg.backbone_weights) and str(cfg.backbone_weights).lower() != "none"
+
+
+def backbone_widths(cfg):
+    """The four VGG block widths of cfg.backbone_channels; missing trailing blocks reuse the
+    last width."""
+    widths = tuple(int(width) for width in cfg.backbone_channels)
+    if not 1 <= len(widths) <= 4 or min(widths) < 1:
+        raise ValueError(f"backbone_channels must hold 1 to 4 positive widths (VGG blocks 1-4), "
+                         f"got {cfg.backbone_channels!r}")
+    return widths + (widths[-1],) * (4 - len(widths))
+
+
+def _pool_count(stride):
+    pools = int(round(math.log2(stride))) if stride >= 1 else -1
+    if stride < 1 or 2 ** pools != stride or pools > 3:
+        raise ValueError(f"stride must be 1, 2, 4 or 8 (one 2x2 max-pool per doubling after VGG "
+                         f"blocks 1-3), got {stride}")
+    return pools
+
+
+def _backbone(images, cfg, factory):
+    """VGG19 conv1_1 .. conv4_2 and the two CPM convolutions; returns the feature map."""
+    x = CaffePreprocess(name="caffe_preprocess")(images)
+    pools = _pool_count(cfg.stride)
+    for block, (width, count) in enumerate(zip(backbone_widths(cfg), VGG_BLOCK_CONVS)):
+        for index in range(count):
+            role = "first" if block == 0 and index == 0 else "backbone"
+            x = factory.conv(width, 3, f"conv{block + 1}_{index + 1}", role)(x)
+        if block < pools:
+            x = layers.MaxPooling2D(2, 2, padding="same", name=f"pool{block + 1}_stage1")(x)
+    if len(cfg.cpm_channels) != 2:
+        raise ValueError(f"cpm_channels must hold two widths, got {cfg.cpm_channels!r}")
+    x = factory.conv(cfg.cpm_channels[0], 3, "conv4_3_CPM")(x)
+    return factory.conv(cfg.cpm_channels[1], 3, "conv4_4_CPM")(x)
+
+
+def _stage_one_branch(features, cfg, factory, branch, channels):
+    x = features
+    for index in range(1, 4):
+        x = factory.conv(cfg.stage_channels, cfg.stage1_kernel, f"conv5_{index}_CPM_{branch}")(x)
+    x = factory.conv(cfg.stage1_hidden, 1, f"conv5_4_CPM_{branch}")(x)
+    return factory.conv(channels, 1, f"conv5_5_CPM_{branch}", "output")(x)
+
+
+def _refinement_branch(inputs, cfg, factory, stage, branch, channels):
+    x = inputs
+    for index in range(1, cfg.stage_convs + 1):
+        name = f"Mconv{index}_stage{stage}_{branch}"
+        x = factory.conv(cfg.stage_channels, cfg.stage_kernel, name)(x)
+    hidden = cfg.stage_convs + 1
+    x = factory.conv(cfg.stage_channels, 1, f"Mconv{hidden}_stage{stage}_{branch}")(x)
+    return factory.conv(channels, 1, f"Mconv{hidden + 1}_stage{stage}_{branch}", "output")(x)
+
+
+def build_model(cfg=None):
+    """Build the (untrained) network of `cfg` (default: the paper's); see the module docstring.
+
+    No weights are loaded: call `load_backbone_weights(model, cfg.backbone_weights)` for that.
+    """
+    cfg = cfg if cfg is not None else config_module.Config()
+    if cfg.stages < 1:
+        raise ValueError(f"stages must be at least 1, got {cfg.stages}")
+    factory = _LayerFactory(cfg.seed, pretrained=uses_pretrained_backbone(cfg))
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    features = _backbone(images, cfg, factory)
+    previous = [_stage_one_branch(features, cfg, factory, branch, channels)
+                for branch, channels in BRANCHES]
+    stage_outputs = [previous]
+    for stage in range(2, cfg.stages + 1):
+        merged = layers.Concatenate(axis=-1, name=f"concat_stage{stage}")(previous + [features])
+        previous = [_refinement_branch(merged, cfg, factory, stage, branch, channels)
+                    for branch, channels in BRANCHES]
+        stage_outputs.append(previous)
+    outputs = []
+    for stage, maps in enumerate(stage_outputs, start=1):
+        # float32 outputs keep the loss and the parser exact under a float16 policy.
+        for kind, tensor in zip(("pafs", "heatmaps"), maps):
+            outputs.append(layers.Activation("linear", dtype="float32",
+                                             name=f"stage{stage}_{kind}")(tensor))
+    return keras.Model(images, outputs, name=f"openpose_{cfg.preset}")
+
+
+def stage_of_layer(name):
+    """Stage number of a layer name: 1 for the backbone and stage 1, t for `Mconv*_stage<t>_*`."""
+    if name.startswith("Mconv") and "_stage" in name:
+        return int(name.split("_stage", 1)[1].split("_", 1)[0])
+    return 1
+
+
+def _source_vgg19(source):
+    """A keras VGG19 (include_top=False) model holding the weights `source` names."""
+    from keras.applications import VGG19
+
+    if source == "imagenet":
+        try:
+            return VGG19(include_top=False, weights="imagenet", input_shape=(None, None, 3))
+        except Exception as error:  # Keras raises a bare Exception on a failed fetch.
+            raise RuntimeError(
+                f"could not get the ImageNet VGG19 weights ({type(error).__name__}: {error}). "
+                f"Offline? Download {VGG19_NOTOP_URL} on a connected machine and pass its path "
+                f"with --backbone_weights PATH (or copy it into ~/.keras/models/), or train from "
+                f"scratch with --backbone_weights none") from error
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source}: backbone weights file not found (expected a VGG19 "
+                                f".weights.h5/.h5 weights file or a saved .keras/.h5 model)")
+    if source.endswith(".keras"):
+        return keras.models.load_model(source, compile=False)
+    try:
+        return VGG19(include_top=False, weights=source, input_shape=(None, None, 3))
+    except (ValueError, KeyError, OSError) as weights_error:
+        if source.endswith(".weights.h5"):
+            raise ValueError(f"{source}: not the weights of keras.applications.VGG19("
+                             f"include_top=False): {weights_error}") from weights_error
+        # A legacy .h5 may hold a whole saved model rather than bare weights.
+        return keras.models.load_model(source, compile=False)
+
+
+def load_backbone_weights(model, source):
+    """Copy VGG19's first ten convolutions into conv1_1 .. conv4_2 of `model`.
+
+    `source` is "imagenet" (keras.applications download, cached in ~/.keras/models), a path to a
+    VGG19 weights file (.weights.h5 of keras.applications.VGG19(include_top=False, weights=None),
+    or Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5) or to a saved .keras/.h5 model
+    whose first ten Conv2D layers are VGG19's, or "none"/"" (keep the random initialisation).
+    Returns the number of layers copied. Raises ValueError when the model's backbone is not
+    VGG19-shaped (ImageNet weights need backbone_channels (64, 128, 256, 512)).
+    """
+    if not source or str(source).lower() == "none":
+        return 0
+    targets = [model.get_layer(name) for name in BACKBONE_LAYER_NAMES]
+    widths = [int(layer.kernel.shape[-1]) for layer in targets]
+    vgg_widths = [width for width, count in zip(VGG19_CHANNELS, VGG_BLOCK_CONVS)
+                  for _ in range(count)]
+    if widths != vgg_widths:
+        raise ValueError(
+            f"backbone_weights={source!r} needs VGG19's backbone widths {VGG19_CHANNELS}; this "
+            f"model's conv1_1..conv4_2 have {widths} channels. "
+            f"Use --backbone_weights none for a narrower backbone")
+    vgg = _source_vgg19(str(source))
+    sources = [layer for layer in vgg.layers if isinstance(layer, layers.Conv2D)][:len(targets)]
+    if len(sources) < len(targets):
+        raise ValueError(f"{source}: holds only {len(sources)} convolutions, VGG19 needs 10+")
+    for target, origin in zip(targets, sources):
+        kernel, bias = origin.get_weights()[:2]
+        if kernel.shape != tuple(target.kernel.shape):
+            raise ValueError(f"{source}: layer {origin.name} has kernel {kernel.shape}, "
+                             f"{target.name} needs {tuple(target.kernel.shape)}")
+        target.set_weights([kernel, bias])
+    return len(targets)
+
+
+def load_checkpoint(path):
+    """Load a trained network -> (keras.Model, Config).
+
+    `path` is a checkpoint written by train.py (models/<run>/best.keras or last.keras) or a run
+    directory (its best.keras, else last.keras). The run's config.json must sit beside it: the
+    network is rebuilt from that config under the current dtype policy and the checkpoint's
+    weights are loaded into it, so checkpoints load the same way whatever policy trained them.
+    """
+    if os.path.isdir(path):
+        candidates = [os.path.join(path, name) for name in ("best.keras", "last.keras")]
+        found = [candidate for candidate in candidates if os.path.isfile(candidate)]
+        if not found:
+            raise FileNotFoundError(f"{path}: no best.keras or last.keras in this run directory")
+        path = found[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path}: missing; load_checkpoint needs the run's "
+                                f"config.json beside {os.path.basename(path)}")
+    cfg = config_module.load_config(config_path)
+    network = build_model(cfg)
+    network.load_weights(path)
+    return network, cfg

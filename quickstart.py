@@ -1,0 +1,143 @@
+"""The whole chain on a CPU, unattended: synthetic data -> records -> training -> mAP -> drawings.
+
+    python quickstart.py                      # 2,000 synthetic images, 20 minutes of training
+    python quickstart.py --images 40 --minutes 1 --workdir /tmp/qs -- --steps_per_epoch 5
+
+Every step is the ordinary script a user would run, started as its own process with the
+`cpu` preset, so the quick start exercises exactly what the README documents. Arguments after
+`--` are extra config overrides passed to train.py (for example a smaller input for a smoke
+test). The last line printed is a JSON summary of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import config
+import utils
+
+VALIDATION_FOLDER = "ai_challenger_keypoint_validation_20170911"
+VALIDATION_IMAGES = "keypoint_validation_images_20170911"
+VALIDATION_ANNOTATIONS = "keypoint_validation_annotations_20170911.json"
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000,
+                        help="synthetic images to generate, train and validation together")
+    parser.add_argument("--minutes", type=float, default=20.0,
+                        help="training time budget in minutes")
+    parser.add_argument("--workdir", default=".",
+                        help="where data/, models/, logs/ and the demo drawings go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data set")
+    parser.add_argument("--run_name", default="quickstart", help="name of the training run")
+    parser.add_argument("--demo_images", type=int, default=4,
+                        help="validation images to draw the found people on")
+    parser.add_argument("train_overrides", nargs=argparse.REMAINDER,
+                        help="-- followed by config overrides for train.py")
+    arguments = parser.parse_args(argv)
+    if arguments.train_overrides[:1] == ["--"]:
+        arguments.train_overrides = arguments.train_overrides[1:]
+    return arguments
+
+
+def run_step(title, command):
+    """Run one script as a subprocess, streaming its output; stop the chain if it fails."""
+    print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
+    started = time.time()
+    result = subprocess.run(command)
+    seconds = time.time() - started
+    if result.returncode != 0:
+        sys.exit(f"quickstart: step '{title}' failed with exit status {result.returncode}")
+    print(f"=== {title}: done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def copy_demo_images(validation_images, destination, count):
+    """Copy the first `count` validation images (sorted) to `destination` for the demo."""
+    os.makedirs(destination, exist_ok=True)
+    chosen = sorted(glob.glob(os.path.join(validation_images, "*.jpg")))[:count]
+    for path in chosen:
+        shutil.copy(path, os.path.join(destination, os.path.basename(path)))
+    return chosen
+
+
+def main(arguments):
+    python = sys.executable
+    paths = dict(
+        data=os.path.join(arguments.workdir, "data"),
+        records=os.path.join(arguments.workdir, "data", "records"),
+        models=os.path.join(arguments.workdir, "models"),
+        logs=os.path.join(arguments.workdir, "logs"),
+    )
+    data_arguments = ["--data_dir", paths["data"], "--records_dir", paths["records"]]
+    run_arguments = ["--preset", "cpu", "--models_dir", paths["models"],
+                     "--logs_dir", paths["logs"], "--run_name", arguments.run_name]
+    validation_dir = os.path.join(paths["data"], VALIDATION_FOLDER)
+    reference = os.path.join(validation_dir, VALIDATION_ANNOTATIONS)
+    model_dir = os.path.join(paths["models"], arguments.run_name)
+    log_dir = os.path.join(paths["logs"], arguments.run_name)
+    checkpoint = os.path.join(model_dir, "best.keras")
+    predictions = os.path.join(log_dir, "val_predictions.json")
+    scores = os.path.join(log_dir, "val_scores.json")
+    demo_dir = os.path.join(arguments.workdir, "images", "quickstart")
+
+    timings = {}
+    started = time.time()
+    timings["synthetic"] = run_step("1/5 synthetic AI Challenger data set", [
+        python, "pre-process.py", "--synthetic", str(arguments.images),
+        "--seed", str(arguments.seed), *data_arguments])
+    timings["pre_process"] = run_step("2/5 pre-processing to records",
+                                      [python, "pre-process.py", *data_arguments])
+    timings["train"] = run_step("3/5 training (cpu preset)", [
+        python, "train.py", *run_arguments, *data_arguments,
+        "--max_train_minutes", str(arguments.minutes), *arguments.train_overrides])
+    timings["evaluate"] = run_step("4/5 official mAP on the synthetic validation split", [
+        python, "evaluate.py", "--model", checkpoint, "--images",
+        os.path.join(validation_dir, VALIDATION_IMAGES), "--ref", reference,
+        "--out", predictions, "--json_out", scores])
+    copy_demo_images(os.path.join(validation_dir, VALIDATION_IMAGES), demo_dir,
+                     arguments.demo_images)
+    timings["demo"] = run_step("5/5 demo drawings", [
+        python, "demo.py", "--model", checkpoint, "--image", demo_dir])
+
+    summary = summarise(scores, log_dir, demo_dir, timings, time.time() - started)
+    utils.atomic_write_json(os.path.join(log_dir, "quickstart_summary.json"), summary, indent=2)
+    print_summary(summary)
+    return summary
+
+
+def summarise(scores_path, log_dir, demo_dir, timings, total_seconds):
+    with open(scores_path, "r", encoding="utf-8") as handle:
+        scores = json.load(handle)
+    drawings = sorted(glob.glob(os.path.join(demo_dir, "*_pose.jpg")))
+    return dict(
+        mAP=scores["score"], ap50=scores["ap50"], ap75=scores["ap75"],
+        loss_curve=os.path.join(log_dir, "loss_curve.png"),
+        tensorboard_logs=log_dir, demo_drawings=drawings,
+        step_seconds={key: round(value, 1) for key, value in timings.items()},
+        total_minutes=round(total_seconds / 60.0, 2),
+    )
+
+
+def print_summary(summary):
+    print("\n=== quick start finished")
+    print(f"  synthetic validation mAP (official metric): {summary['mAP']:.4f}")
+    print(f"  AP@0.5: {summary['ap50']:.4f}   AP@0.75: {summary['ap75']:.4f}")
+    print(f"  loss curve: {summary['loss_curve']}")
+    print(f"  TensorBoard: tensorboard --logdir {summary['tensorboard_logs']}")
+    print(f"  demo drawings: {', '.join(summary['demo_drawings']) or 'none'}")
+    print(f"  total time: {summary['total_minutes']:.1f} minutes")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main(parse_arguments())

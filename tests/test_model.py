@@ -1,0 +1,230 @@
+"""Tests of model.py: architecture, parameter count, normalisation, backbone weights, loading."""
+
+import numpy as np
+import pytest
+
+import config
+import model
+from config import NUM_HEATMAPS, NUM_PAFS
+
+# Keras' saving under NumPy 2 warns once per variable; that noise is not ours to fix.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+def tiny_config(**overrides):
+    values = dict(input_size=32, stride=4, stages=2, backbone_channels=(8, 8, 8),
+                  cpm_channels=(8, 8), stage_channels=8, stage1_hidden=8, stage_kernel=3,
+                  stage_convs=1, batch_size=2)
+    values.update(overrides)
+    return config.make_config("cpu", **values)
+
+
+def conv_parameters(kernel, inputs, outputs):
+    return kernel * kernel * inputs * outputs + outputs
+
+
+def expected_parameters(cfg):
+    """The parameter count written out from the layer sizes of the specification."""
+    widths = list(cfg.backbone_channels)
+    widths += [widths[-1]] * (4 - len(widths))
+    total, channels = 0, 3
+    for width, count in zip(widths, (2, 2, 4, 2)):
+        for _ in range(count):
+            total += conv_parameters(3, channels, width)
+            channels = width
+    total += conv_parameters(3, channels, cfg.cpm_channels[0])
+    total += conv_parameters(3, cfg.cpm_channels[0], cfg.cpm_channels[1])
+    features = cfg.cpm_channels[1]
+    for out in (NUM_PAFS, NUM_HEATMAPS):
+        total += conv_parameters(cfg.stage1_kernel, features, cfg.stage_channels)
+        total += 2 * conv_parameters(cfg.stage1_kernel, cfg.stage_channels, cfg.stage_channels)
+        total += conv_parameters(1, cfg.stage_channels, cfg.stage1_hidden)
+        total += conv_parameters(1, cfg.stage1_hidden, out)
+    stage_inputs = features + NUM_PAFS + NUM_HEATMAPS
+    for _ in range(cfg.stages - 1):
+        for out in (NUM_PAFS, NUM_HEATMAPS):
+            total += conv_parameters(cfg.stage_kernel, stage_inputs, cfg.stage_channels)
+            total += (cfg.stage_convs - 1) * conv_parameters(cfg.stage_kernel, cfg.stage_channels,
+                                                             cfg.stage_channels)
+            total += conv_parameters(1, cfg.stage_channels, cfg.stage_channels)
+            total += conv_parameters(1, cfg.stage_channels, out)
+    return total
+
+
+def test_paper_model_has_the_specified_layers_and_parameter_count():
+    cfg = config.Config()
+    network = model.build_model(cfg)
+    # VGG19 to conv4_2 (5,865,536) + CPM (1,474,944) + stage 1 (1,040,685) + five later
+    # stages of 8,632,749 each (7x7 on 128 + 30 + 15 inputs, four 7x7/128, 1x1/128, 1x1 out).
+    assert network.count_params() == expected_parameters(cfg) == 51_544_910
+    names = {layer.name for layer in network.layers}
+    for name in ("conv1_1", "conv3_4", "conv4_2", "conv4_3_CPM", "conv4_4_CPM",
+                 "conv5_1_CPM_L1", "conv5_5_CPM_L2", "Mconv1_stage2_L1", "Mconv7_stage6_L2",
+                 "concat_stage6"):
+        assert name in names
+    assert "conv4_3" not in names and "Mconv8_stage2_L1" not in names
+    assert network.get_layer("Mconv1_stage2_L1").kernel.shape == (7, 7, 128 + 45, 128)
+    assert network.get_layer("conv5_4_CPM_L2").kernel.shape == (1, 1, 128, 512)
+    assert len(network.outputs) == 12
+    assert [tuple(output.shape)[-1] for output in network.outputs] == [NUM_PAFS, NUM_HEATMAPS] * 6
+
+
+def test_cpu_preset_parameter_count_and_forward_shapes():
+    cfg = config.make_config("cpu")
+    network = model.build_model(cfg)
+    assert network.count_params() == expected_parameters(cfg)
+    # With three backbone widths, block4 (conv4_1, conv4_2) reuses the last one.
+    assert len(cfg.backbone_channels) == 3
+    last = cfg.backbone_channels[-1]
+    assert model.backbone_widths(cfg) == tuple(cfg.backbone_channels) + (last,)
+    assert network.get_layer("conv4_1").kernel.shape == (3, 3, last, last)
+    outputs = network(np.zeros((1, cfg.input_size, cfg.input_size, 3), np.float32))
+    grid = cfg.input_size // cfg.stride
+    assert len(outputs) == 2 * cfg.stages
+    for index, output in enumerate(outputs):
+        channels = NUM_PAFS if index % 2 == 0 else NUM_HEATMAPS
+        assert tuple(output.shape) == (1, grid, grid, channels)
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_any_multiple_of_the_stride_works(stride):
+    network = model.build_model(tiny_config(stride=stride))
+    outputs = network(np.full((2, 64, 96, 3), 128.0, np.float32))
+    assert tuple(outputs[-1].shape) == (2, 64 // stride, 96 // stride, NUM_HEATMAPS)
+    assert tuple(outputs[-2].shape) == (2, 64 // stride, 96 // stride, NUM_PAFS)
+    pools = [layer.name for layer in network.layers if "pool" in layer.name]
+    assert len(pools) == {8: 3, 4: 2}[stride]
+
+
+def test_invalid_geometry_is_rejected():
+    with pytest.raises(ValueError, match="stride"):
+        model.build_model(tiny_config(stride=3))
+    with pytest.raises(ValueError, match="backbone_channels"):
+        model.build_model(tiny_config(backbone_channels=(8, 8, 8, 8, 8)))
+
+
+def test_caffe_preprocessing_flips_to_bgr_and_subtracts_the_mean():
+    images = np.array([[[[10.0, 20.0, 30.0], [255.0, 0.0, 128.0]]]], np.float32)
+    result = np.asarray(model.CaffePreprocess()(images))
+    expected = np.array([[[[30 - 103.939, 20 - 116.779, 10 - 123.68],
+                           [128 - 103.939, 0 - 116.779, 255 - 123.68]]]], np.float32)
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-4)
+
+
+def test_outputs_are_float32_under_mixed_precision():
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        network = model.build_model(tiny_config())
+        outputs = network(np.zeros((1, 32, 32, 3), np.float32))
+        assert network.get_layer("conv1_1").compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert [output.dtype.name for output in outputs] == ["float32"] * 4
+
+
+def test_same_config_builds_the_same_weights_and_layers_differ():
+    first = model.build_model(tiny_config(seed=3))
+    second = model.build_model(tiny_config(seed=3))
+    other = model.build_model(tiny_config(seed=4))
+    kernel = first.get_layer("conv3_2").kernel.numpy()
+    np.testing.assert_array_equal(kernel, second.get_layer("conv3_2").kernel.numpy())
+    assert not np.array_equal(kernel, first.get_layer("conv3_3").kernel.numpy())
+    assert not np.array_equal(kernel, other.get_layer("conv3_2").kernel.numpy())
+    # Output layers start small so the untrained network predicts nearly-zero maps.
+    assert np.abs(first.get_layer("Mconv3_stage2_L2").kernel.numpy()).max() < 0.1
+
+
+def test_initialisation_follows_the_backbone_choice():
+    scratch = model.build_model(tiny_config(stage_channels=64))
+    pretrained = model.build_model(tiny_config(stage_channels=64, backbone_weights="imagenet"))
+    fan_in = 3 * 3 * 8
+    # He-normal (truncated at 2 sigma, hence ~0.88) for hidden layers trained from scratch...
+    scratch_std = scratch.get_layer("conv5_2_CPM_L1").kernel.numpy().std()
+    assert scratch_std == pytest.approx(0.88 * np.sqrt(2 / (9 * 64)), rel=0.15)
+    # ...the original's N(0, 0.01) after a pretrained backbone.
+    assert pretrained.get_layer("conv5_2_CPM_L1").kernel.numpy().std() == pytest.approx(0.01,
+                                                                                        rel=0.15)
+    # conv1_1 is scaled down by the pixel spread so activations start near unit scale.
+    first = scratch.get_layer("conv1_1").kernel.numpy().std()
+    assert first == pytest.approx(0.88 * np.sqrt(2 / 27) / model.INPUT_SPREAD, rel=0.3)
+    assert scratch.get_layer("conv2_1").kernel.numpy().std() == pytest.approx(
+        0.88 * np.sqrt(2 / fan_in), rel=0.15)
+
+
+def test_stage_of_layer():
+    assert model.stage_of_layer("Mconv3_stage4_L2") == 4
+    assert model.stage_of_layer("conv5_1_CPM_L1") == 1
+    assert model.stage_of_layer("conv4_2") == 1
+
+
+def vgg_width_config():
+    # VGG19's widths with a small head, so the backbone can take VGG19 weights cheaply.
+    return tiny_config(backbone_channels=(64, 128, 256, 512), stages=1)
+
+
+@pytest.fixture(scope="module")
+def random_vgg19():
+    from keras.applications import VGG19
+
+    return VGG19(include_top=False, weights=None, input_shape=(None, None, 3))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_backbone_weights_from_a_file_are_copied_exactly(tmp_path, random_vgg19, suffix):
+    path = str(tmp_path / f"vgg19{suffix}")
+    if suffix == ".keras":
+        random_vgg19.save(path)
+    else:
+        random_vgg19.save_weights(path)
+    network = model.build_model(vgg_width_config())
+    assert model.load_backbone_weights(network, path) == 10
+    sources = [layer for layer in random_vgg19.layers if layer.__class__.__name__ == "Conv2D"]
+    for name, source in zip(model.BACKBONE_LAYER_NAMES, sources):
+        for copied, original in zip(network.get_layer(name).get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(copied, original)
+    # Layers after the backbone keep their own initialisation.
+    assert network.get_layer("conv4_3_CPM").kernel.shape == (3, 3, 512, 8)
+
+
+def test_backbone_weights_need_vgg_widths_and_an_existing_file(tmp_path):
+    with pytest.raises(ValueError, match="backbone_weights none"):
+        model.load_backbone_weights(model.build_model(tiny_config()), "imagenet")
+    with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
+        model.load_backbone_weights(model.build_model(vgg_width_config()),
+                                    str(tmp_path / "missing.weights.h5"))
+    assert model.load_backbone_weights(model.build_model(tiny_config()), "none") == 0
+
+
+def test_offline_imagenet_download_names_the_alternative(monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
+
+    # Only the download is replaced: no network access happens in this test.
+    monkeypatch.setattr(keras.applications, "VGG19", offline)
+    with pytest.raises(RuntimeError) as error:
+        model.load_backbone_weights(model.build_model(vgg_width_config()), "imagenet")
+    message = str(error.value)
+    assert "--backbone_weights PATH" in message and model.VGG19_NOTOP_URL in message
+
+
+def test_load_checkpoint_rebuilds_from_config_json(tmp_path):
+    cfg = tiny_config(seed=7, run_name="tiny")
+    network = model.build_model(cfg)
+    run_dir = tmp_path / "tiny"
+    run_dir.mkdir()
+    network.save(str(run_dir / "last.keras"))
+    config.save_config(cfg, str(run_dir / "config.json"))
+    for path in (str(run_dir / "last.keras"), str(run_dir)):
+        loaded, loaded_cfg = model.load_checkpoint(path)
+        assert loaded_cfg == cfg
+        for mine, theirs in zip(network.get_weights(), loaded.get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    (run_dir / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        model.load_checkpoint(str(run_dir / "last.keras"))

@@ -1,0 +1,404 @@
+"""Tests of train.py: the loss, the optimiser's multipliers, checkpoints, resume after SIGKILL,
+the NaN guard, and mirrored / multi-worker distribution (in subprocesses, on CPU)."""
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+import config
+import model
+import train
+
+# Keras' saving under NumPy 2 warns once per variable; that noise is not ours to fix.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(input_size=32, stride=4, stages=2, backbone_channels=(8, 8, 8), cpm_channels=(8, 8),
+            stage_channels=8, stage1_hidden=8, stage_kernel=3, stage_convs=1, batch_size=2,
+            steps_per_epoch=2, validation_steps=1, log_images_every=2)
+TINY_FLAGS = ["--preset", "cpu", "--input_size", "32", "--stages", "2",
+              "--backbone_channels", "8,8,8", "--cpm_channels", "8,8", "--stage_channels", "8",
+              "--stage1_hidden", "8", "--stage_kernel", "3", "--stage_convs", "1",
+              "--batch_size", "2", "--steps_per_epoch", "2", "--validation_steps", "1",
+              "--log_images_every", "1000"]
+SUBPROCESS_TIMEOUT = 240
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(TINY, models_dir=str(tmp_path / "models"), logs_dir=str(tmp_path / "logs"),
+                  run_name="tiny")
+    values.update(overrides)
+    return config.make_config("cpu", **values)
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def last_json_line(text):
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON summary in the output:\n{text[-3000:]}"
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+def test_masked_l2_is_caffe_euclidean_with_the_mask_broadcast_over_channels():
+    prediction = np.zeros((2, 1, 2, 2), np.float32)
+    prediction[0, 0, 0] = (1.0, 2.0)  # cell kept: 1 + 4
+    prediction[0, 0, 1] = (5.0, 5.0)  # cell masked out
+    prediction[1, 0, 1] = (0.0, 3.0)  # cell kept: 9
+    target = np.zeros_like(prediction)
+    target[1, 0, 1] = (0.0, 1.0)  # error 2 -> 4 instead of 9
+    mask = np.array([[[[1.0], [0.0]]], [[[1.0], [1.0]]]], np.float32)
+    # (1 + 4 + 4) / batch 2 / 2
+    assert float(train.masked_l2(prediction, target, mask)) == pytest.approx(9.0 / 4.0)
+
+
+def test_trainer_loss_is_the_sum_over_stages_and_branches(tmp_path):
+    cfg = tiny_config(tmp_path)
+    network = model.build_model(cfg)
+    trainer, _ = train.make_trainer(cfg, network)
+    images, targets = next(iter(train.synthetic_dataset(cfg, "val", False)))
+    logs = trainer.test_step((images, targets))
+    outputs = [np.asarray(output) for output in network(images)]
+    mask, batch = targets["mask"].numpy(), images.shape[0]
+    expected = {}
+    for stage in range(cfg.stages):
+        for offset, branch, key in ((0, "paf", "pafs"), (1, "heatmap", "heatmaps")):
+            error = (outputs[2 * stage + offset] - targets[key].numpy()) ** 2 * mask
+            expected[f"stage{stage + 1}_{branch}_loss"] = error.sum() / batch / 2
+    for name, value in expected.items():
+        assert float(logs[name]) == pytest.approx(value, rel=1e-4)
+    assert float(logs["paf_loss"]) == pytest.approx(
+        expected["stage1_paf_loss"] + expected["stage2_paf_loss"], rel=1e-4)
+    assert float(logs["loss"]) == pytest.approx(sum(expected.values()), rel=1e-4)
+
+
+def constant_prediction_loss(targets, stages):
+    """The loss of the best constant map per channel (the masked channel means) on a batch."""
+    mask, total = targets["mask"].numpy(), 0.0
+    for key in ("pafs", "heatmaps"):
+        values = targets[key].numpy()
+        means = (values * mask).sum(axis=(0, 1, 2)) / mask.sum()
+        total += 0.5 * ((values - means) ** 2 * mask).sum() / values.shape[0]
+    return stages * total
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
+    cfg = tiny_config(tmp_path, optimizer="adam", learning_rate=1e-3)
+    trainer, _ = train.make_trainer(cfg, model.build_model(cfg))
+    dataset = train.synthetic_dataset(cfg, "train", True, batches=1)
+    batch = next(iter(dataset))
+    before = float(trainer.test_step(batch)["loss"])
+    trainer.fit(dataset, epochs=1, steps_per_epoch=15, verbose=0, shuffle=False)
+    trainer.reset_metrics()
+    after = float(trainer.test_step(batch)["loss"])
+    # Random targets: the tiny network can at best learn each channel's mean, so it must close
+    # at least half of the gap between its first loss and that constant prediction's loss.
+    floor = constant_prediction_loss(batch[1], cfg.stages)
+    assert floor < before
+    assert after < floor + 0.5 * (before - floor)
+
+
+def test_weight_decay_is_an_l2_term_on_kernels_only(tmp_path):
+    cfg = tiny_config(tmp_path, optimizer="sgd", weight_decay=0.01)
+    network = model.build_model(cfg)
+    trainer, _ = train.make_trainer(cfg, network)
+    kernels = [layer.kernel.numpy() for layer in network.layers if hasattr(layer, "kernel")]
+    expected = 0.5 * 0.01 * sum(float((kernel.astype(np.float64) ** 2).sum()) for kernel in kernels)
+    assert float(trainer._decay_term()) == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------
+def one_sgd_step_changes(tmp_path, stage_multiplier):
+    cfg = tiny_config(tmp_path, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                      learning_rate=0.01, stage_lr_multiplier=stage_multiplier)
+    network = model.build_model(cfg)
+    trainer, _ = train.make_trainer(cfg, network)
+    before = {v.path: v.numpy().copy() for v in network.trainable_variables}
+    trainer.fit(train.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
+                steps_per_epoch=1, verbose=0, shuffle=False)
+    return {v.path: v.numpy() - before[v.path] for v in network.trainable_variables}
+
+
+def test_later_stages_get_the_learning_rate_multiplier(tmp_path):
+    plain = one_sgd_step_changes(tmp_path, 1.0)
+    boosted = one_sgd_step_changes(tmp_path, 4.0)
+    stage2 = [path for path in plain if "stage2" in path]
+    stage1 = [path for path in plain if "stage2" not in path]
+    assert stage2 and stage1
+    # The changes are differences of float32 weights, hence the absolute tolerance.
+    for path in stage2:
+        np.testing.assert_allclose(boosted[path], 4.0 * plain[path], rtol=1e-3, atol=2e-7)
+        assert np.abs(boosted[path]).sum() == pytest.approx(4 * np.abs(plain[path]).sum(), 1e-3)
+    for path in stage1:
+        np.testing.assert_allclose(boosted[path], plain[path], rtol=1e-3, atol=2e-7)
+    assert any(np.abs(plain[path]).max() > 0 for path in stage2)
+
+
+def test_learning_rate_factor_and_step_decay(tmp_path):
+    cfg = tiny_config(tmp_path, stage_lr_multiplier=4.0, learning_rate=0.1, lr_decay_steps=10,
+                      lr_decay_rate=0.5)
+    network = model.build_model(cfg)
+    factors = {v.path: train.learning_rate_factor(v, cfg) for v in network.trainable_variables}
+    assert factors["Mconv1_stage2_L1/kernel"] == 4.0
+    assert factors["conv5_1_CPM_L1/kernel"] == 1.0
+    assert factors["conv1_1/bias"] == cfg.bias_lr_multiplier
+    schedule = train.make_schedule(cfg)
+    rates = [float(schedule(step)) for step in (0, 9, 10, 25)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.05, 0.025], rtol=1e-6)
+    schedule.factor.assign(1.0 / 3.0)
+    assert float(schedule(0)) == pytest.approx(0.1 / 3.0)
+
+
+def test_fit_phases_finish_an_interrupted_epoch_first():
+    assert train.fit_phases(train.RunState(step=0), 3, 2) == [(0, 2, 3)]
+    assert train.fit_phases(train.RunState(step=7), 3, 4) == [(2, 3, 2), (3, 4, 3)]
+    assert train.fit_phases(train.RunState(step=6), 3, 4) == [(2, 4, 3)]
+    assert train.fit_phases(train.RunState(step=12), 3, 4) == []
+
+
+def test_map_panel_shows_image_and_four_maps():
+    image = np.full((16, 16, 3), 100.0, np.float32)
+    heatmaps = np.zeros((4, 4, 15), np.float32)
+    heatmaps[1, 2, 0] = 1.0
+    pafs = np.zeros((4, 4, 30), np.float32)
+    panel = train.map_panel(image, heatmaps, np.zeros_like(heatmaps), pafs, pafs)
+    assert panel.shape == (16, 80, 3) and panel.dtype == np.uint8
+    np.testing.assert_array_equal(panel[:, :16], 100)
+    target_tile, predicted_tile = panel[:, 16:32], panel[:, 32:48]
+    # The peak cell (row 1, col 2) covers pixels 4..7 x 8..11 and looks different there.
+    assert not np.array_equal(target_tile[5, 9], predicted_tile[5, 9])
+    np.testing.assert_array_equal(target_tile[14, 1], predicted_tile[14, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs in this process (synthetic data)
+# ---------------------------------------------------------------------------------------------
+def read_csv(path):
+    with open(path, "r", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def event_tags(directory):
+    import tensorflow as tf
+
+    tags = set()
+    for name in os.listdir(directory):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
+    cfg = tiny_config(tmp_path, steps_per_epoch=3, epochs=2, max_train_minutes=1e-9)
+    first = train.main(cfg, dataset_fn=train.synthetic_dataset)
+    # The time budget stops the run after its first step, in the middle of epoch 0.
+    assert (first["step"], first["stop_reason"], first["optimizer_iterations"]) == (1, "time", 1)
+    model_dir, log_dir = config.run_directories(cfg)
+    for name in ("last.keras", "best.keras", "config.json", "last.json",
+                 "state-000000001.weights.h5"):
+        assert os.path.isfile(os.path.join(model_dir, name)), name
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-")]
+    assert {"loss", "learning_rate"} <= event_tags(os.path.join(log_dir, "steps"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.main(cfg, dataset_fn=train.synthetic_dataset)
+
+    resumed_cfg = dataclasses.replace(cfg, resume=True, max_train_minutes=0.0)
+    second = train.main(resumed_cfg, dataset_fn=train.synthetic_dataset)
+    assert second["resumed"] and second["stop_reason"] == "finished"
+    # 2 steps finish epoch 0, then epoch 1: 6 steps in all, the optimizer state included.
+    assert (second["steps_this_run"], second["step"], second["optimizer_iterations"]) == (5, 6, 6)
+    rows = read_csv(os.path.join(log_dir, "training.csv"))
+    assert [row["epoch"] for row in rows] == ["0", "0", "1"]
+    assert {"stage2_heatmap_loss", "val_stage1_paf_loss", "learning_rate"} <= set(rows[0])
+    state = train.read_run_state(model_dir)
+    assert (state.step, state.epoch, state.state_file) == (6, 2, "state-000000006.weights.h5")
+    assert sorted(name for name in os.listdir(model_dir) if name.startswith("state-")) == \
+        ["state-000000006.weights.h5"]
+    network, loaded_cfg = model.load_checkpoint(os.path.join(model_dir, "last.keras"))
+    assert loaded_cfg.stages == cfg.stages and len(network.outputs) == 4
+    assert os.path.isfile(os.path.join(log_dir, "loss_curve.png"))
+    assert "maps" in event_tags(os.path.join(log_dir, "steps"))
+
+
+def nan_after(good_batches):
+    """A dataset_fn whose training stream turns to NaN images after `good_batches` batches."""
+    def dataset_fn(cfg, split, training, shard=None, input_context=None):
+        dataset = train.synthetic_dataset(cfg, split, training, input_context=input_context)
+        if not training:
+            return dataset
+        poison = dataset.map(lambda images, targets: (images * np.nan, targets))
+        return dataset.take(good_batches).concatenate(poison)
+    return dataset_fn
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, epochs=5)
+    summary = train.main(cfg, dataset_fn=nan_after(2))
+    assert summary["stop_reason"] == "nan"
+    assert "NaN" in capsys.readouterr().err
+    model_dir, _ = config.run_directories(cfg)
+    assert train.read_run_state(model_dir).step == 2  # the epoch-end checkpoint before the NaN
+    network, _ = model.load_checkpoint(os.path.join(model_dir, "last.keras"))
+    assert all(np.isfinite(weight).all() for weight in network.get_weights())
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: the real command line and data pipeline, SIGKILL, distribution
+# ---------------------------------------------------------------------------------------------
+def write_tiny_records(root, counts=(("train", 6), ("val", 2))):
+    """JPEGs with one person each and their records; returns (data_dir, records_dir)."""
+    rng = np.random.default_rng(0)
+    data_dir, records_dir = os.path.join(root, "data"), os.path.join(root, "data", "records")
+    os.makedirs(os.path.join(data_dir, "images"))
+    os.makedirs(records_dir)
+    for split, count in counts:
+        lines = []
+        for index in range(count):
+            image = rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)
+            relative = f"images/{split}{index}.jpg"
+            cv2.imwrite(os.path.join(data_dir, relative), image)
+            points = np.stack([rng.uniform(8, 32, 14), rng.uniform(6, 42, 14), np.ones(14)], 1)
+            lines.append(json.dumps({
+                "image_id": f"{split}{index}", "image_path": relative, "width": 40, "height": 48,
+                "people": [{"name": "human1", "keypoints": points.round(1).tolist(),
+                            "box": [4.0, 2.0, 36.0, 46.0]}]}))
+        with open(os.path.join(records_dir, f"{split}.jsonl"), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+    return data_dir, records_dir
+
+
+def test_sigkill_then_resume_continues_where_the_checkpoint_stopped(tmp_path):
+    data_dir, records_dir = write_tiny_records(str(tmp_path))
+    flags = TINY_FLAGS + ["--data_dir", data_dir, "--records_dir", records_dir,
+                          "--models_dir", str(tmp_path / "models"),
+                          "--logs_dir", str(tmp_path / "logs"), "--run_name", "killed"]
+    sidecar = tmp_path / "models" / "killed" / "last.json"
+    process = subprocess.Popen([sys.executable, "train.py", *flags, "--epochs", "1000"],
+                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    try:
+        while not (sidecar.exists() and json.loads(sidecar.read_text())["step"] >= 4):
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint at step 4 in time"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    saved = json.loads(sidecar.read_text())
+    epochs = saved["epoch"] + 1
+    result = subprocess.run([sys.executable, "train.py", *flags, "--epochs", str(epochs),
+                             "--resume"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"from epoch {saved['epoch']} step {saved['step']} " in result.stdout
+    summary = last_json_line(result.stdout)
+    # Iterations counted from the restored optimizer, not from zero.
+    assert summary["resumed"] and summary["step"] == summary["optimizer_iterations"] == 2 * epochs
+    assert summary["steps_this_run"] == 2 * epochs - saved["step"]
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+device = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(device, [tf.config.LogicalDeviceConfiguration()] * 2)
+import config, train
+cfg = config.make_config("cpu", strategy=sys.argv[2], epochs=2, batch_size=4,
+                         models_dir=sys.argv[1] + "/models", logs_dir=sys.argv[1] + "/logs",
+                         run_name="distributed",
+                         **{key: tuple(value) if isinstance(value, list) else value
+                            for key, value in json.loads(sys.argv[3]).items()})
+print(json.dumps(train.main(cfg, dataset_fn=train.synthetic_dataset)))
+"""
+
+
+def tiny_overrides():
+    return json.dumps({key: value for key, value in TINY.items() if key != "batch_size"})
+
+
+def test_mirrored_strategy_over_two_logical_cpus_trains(tmp_path):
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), "mirrored",
+                             tiny_overrides()], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = last_json_line(result.stdout)
+    assert summary["replicas"] == 2 and summary["step"] == 4
+    assert summary["stop_reason"] == "finished"
+    rows = read_csv(str(tmp_path / "logs" / "distributed" / "training.csv"))
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for handle in sockets:
+        handle.bind(("127.0.0.1", 0))
+    ports = [handle.getsockname()[1] for handle in sockets]
+    for handle in sockets:
+        handle.close()
+    return ports
+
+
+WORKER_SCRIPT = MIRRORED_SCRIPT.replace(
+    'device = tf.config.list_physical_devices("CPU")[0]\n'
+    'tf.config.set_logical_device_configuration(device, '
+    '[tf.config.LogicalDeviceConfiguration()] * 2)\n', "")
+
+
+def test_two_workers_train_together_and_end_cleanly(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes, logs = [], []
+    for index in range(2):
+        # Files rather than pipes, so neither worker can block on a full pipe.
+        logs.append((open(tmp_path / f"worker{index}.out", "w+"),
+                     open(tmp_path / f"worker{index}.err", "w+")))
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT, str(tmp_path), "multiworker", tiny_overrides()],
+            cwd=ROOT, env=subprocess_env(TF_CONFIG=tf_config), stdout=logs[-1][0],
+            stderr=logs[-1][1], text=True))
+    outputs = []
+    try:
+        for process, (stdout, stderr) in zip(processes, logs):
+            process.wait(timeout=SUBPROCESS_TIMEOUT)
+            stdout.seek(0)
+            stderr.seek(0)
+            outputs.append((process.returncode, stdout.read(), stderr.read()))
+    finally:
+        for process, handles in zip(processes, logs):
+            if process.poll() is None:
+                process.kill()
+            for handle in handles:
+                handle.close()
+    for returncode, _, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
+    chief, other = (last_json_line(stdout) for _, stdout, _ in outputs)
+    assert (chief["chief"], other["chief"]) == (True, False)
+    assert chief["replicas"] == other["replicas"] == 2
+    assert chief["step"] == other["step"] == chief["optimizer_iterations"] == 4
+    assert chief["best_loss"] == pytest.approx(other["best_loss"])
+    # Only the chief wrote into models/ and logs/.
+    assert train.read_run_state(str(tmp_path / "models" / "distributed")).step == 4
+    assert sorted(os.listdir(tmp_path / "models")) == ["distributed"]

@@ -1,0 +1,906 @@
+"""Train the OpenPose network with Keras `fit` on the tf.data pipeline.
+
+    python train.py --preset cpu                       # a small model on this CPU
+    python train.py --preset paper --backbone_weights imagenet
+    python train.py --preset cpu --resume              # continue models/cpu/ where it stopped
+
+Loss
+    Caffe's Euclidean loss of the original on every stage and both branches, summed:
+    sum(mask * (prediction - target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast
+    over the channels. Each stage's PAF and heatmap losses and the two branch totals are logged.
+
+Optimiser
+    SGD with momentum (paper), Adam or AdamW with a step-decay schedule
+    lr = learning_rate * lr_decay_rate ** floor(step / lr_decay_steps) (times a plateau factor
+    when --reduce_lr_patience is on). As in the original Caffe model, the learning rate of every
+    variable in stages 2..T is multiplied by stage_lr_multiplier and that of biases by
+    bias_lr_multiplier: the optimiser's per-variable update step is given a scaled learning
+    rate, so the multipliers mean the same thing for SGD, Adam and AdamW. For SGD and Adam the
+    weight decay is Caffe's L2 term on the kernels (0.5 * weight_decay * |w|^2 added to the loss,
+    so it goes through momentum and the multipliers exactly like Caffe's decay); biases are not
+    decayed (Caffe's decay_mult 0). AdamW uses its own decoupled decay, again on kernels only.
+
+Safety
+    A step whose loss or gradients are not finite is not applied (its gradients are zeroed),
+    training stops with a message, and no checkpoint is written after it, so models/<run>/ keeps
+    the last finite weights (with mixed float16 the loss-scale optimiser skips such steps
+    itself and only a non-finite loss stops the run). max_train_minutes stops cleanly and saves.
+
+Outputs (the chief worker only)
+    models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser)
+    models/<run>/best.keras      the network with the lowest validation loss so far
+    models/<run>/config.json     the resolved config (model.load_checkpoint reads it)
+    models/<run>/state-<step>.weights.h5  network + optimiser state for --resume
+    models/<run>/last.json       epoch, step, best loss, plateau state and the state file; it is
+                                 written last, atomically, so it always names a complete state
+    logs/<run>/                  TensorBoard (train/, validation/, steps/ with per-step scalars
+                                 and predicted-vs-target map images), training.csv,
+                                 config.json, loss_curve.png
+    Every file is written to a temporary name and renamed into place. Checkpoints are written at
+    every epoch end and every checkpoint_every_steps steps, so a run killed with SIGKILL loses at
+    most the steps since then.
+
+Resume (--resume)
+    Rebuilds the network from the config, restores weights and optimiser state (momenta,
+    iteration count, hence the learning-rate schedule) from the state file named in last.json,
+    and continues at the same global step: the rest of an interrupted epoch first, then whole
+    epochs up to --epochs. The training stream is reshuffled with seed + step, so a resumed run
+    does not replay the images it saw right after its start.
+
+Distribution (--strategy auto|mirrored|multiworker)
+    auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
+    mirrored: all GPUs, or every logical CPU device when there is no GPU. multiworker:
+    MultiWorkerMirroredStrategy from TF_CONFIG. The global batch (batch_size) is split across
+    replicas by distribute_datasets_from_function: each worker's input pipeline reads its own
+    shard of the records and batches batch_size / replicas per replica. Only the chief writes
+    checkpoints and logs; other workers write theirs to temporary folders that are deleted (they
+    must still save, since saving reads synchronised variables collectively). Resuming a
+    multi-worker run needs models_dir on a file system that every worker can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import config as config_module
+import utils
+from config import NUM_HEATMAPS, NUM_JOINTS, NUM_PAFS
+
+SIDECAR_NAME = "last.json"
+STATE_PATTERN = "state-{step:09d}.weights.h5"
+# Fields that must not change when a run is resumed, since the saved state depends on them.
+RESUME_FIXED_FIELDS = ("stride", "stages", "backbone_channels", "cpm_channels", "stage_channels",
+                       "stage1_kernel", "stage1_hidden", "stage_kernel", "stage_convs",
+                       "optimizer", "mixed_precision")
+# Validation samples drawn in TensorBoard.
+IMAGE_SAMPLES = 3
+# ReduceLROnPlateau divides the learning rate by this (the config's "lr/3").
+PLATEAU_DIVISOR = 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+def masked_l2(prediction, target, mask):
+    """Caffe's Euclidean loss on the cells where mask is 1: sum(mask*(p-t)^2) / batch / 2.
+
+    prediction, target: (B, rows, cols, C); mask: (B, rows, cols, 1), broadcast over C.
+    """
+    prediction = tf.cast(prediction, tf.float32)
+    batch = tf.cast(tf.shape(prediction)[0], tf.float32)
+    squared = tf.square(prediction - tf.cast(target, tf.float32)) * tf.cast(mask, tf.float32)
+    return tf.reduce_sum(squared) / batch / 2.0
+
+
+def stage_losses(outputs, targets):
+    """[(paf_loss, heatmap_loss) per stage] for the model's output list and a target dict."""
+    mask = targets["mask"]
+    return [(masked_l2(outputs[index], targets["pafs"], mask),
+             masked_l2(outputs[index + 1], targets["heatmaps"], mask))
+            for index in range(0, len(outputs), 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The training model: the network plus its loss, metrics and NaN guard
+# ---------------------------------------------------------------------------------------------
+class PoseTrainer(keras.Model):
+    """Wraps the Functional network with OpenPose's multi-stage loss (see module docstring).
+
+    Logs: loss, paf_loss, heatmap_loss, stage<t>_paf_loss, stage<t>_heatmap_loss and
+    nonfinite_steps (steps of the epoch whose update was dropped as not finite).
+    """
+
+    def __init__(self, network, l2_decay=0.0, **kwargs):
+        super().__init__(name="pose_trainer", **kwargs)
+        self.network = network
+        self.num_stages = len(network.outputs) // 2
+        self.l2_decay = float(l2_decay)
+        names = ["paf_loss", "heatmap_loss"] + [
+            f"stage{stage}_{branch}_loss" for stage in range(1, self.num_stages + 1)
+            for branch in ("paf", "heatmap")]
+        self.part_trackers = [keras.metrics.Mean(name=name) for name in names]
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
+        self.multi_worker = _multi_worker(tf.distribute.get_strategy())
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def build_optimizer(self):
+        """Create the optimiser's variables (momenta...) under the strategy's scope."""
+        if not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.network.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras would pull a batch from the iterator and reduce it across replicas only to
+        # create variables; the network is built already, and that reduction of a nested
+        # (images, dict) batch fails under MultiWorkerMirroredStrategy. Only the
+        # optimiser is left to build.
+        self.build_optimizer()
+
+    def _compute_losses(self, images, targets, training):
+        outputs = self.network(images, training=training)
+        per_stage = stage_losses(outputs, targets)
+        paf_total = tf.add_n([paf for paf, _ in per_stage])
+        heatmap_total = tf.add_n([heat for _, heat in per_stage])
+        parts = [paf_total, heatmap_total] + [value for pair in per_stage for value in pair]
+        return paf_total + heatmap_total, parts
+
+    def _update_trackers(self, total, parts, batch):
+        self._loss_tracker.update_state(total, sample_weight=batch)
+        for tracker, value in zip(self.part_trackers, parts):
+            tracker.update_state(value, sample_weight=batch)
+        logs = {"loss": self._loss_tracker.result()}
+        logs.update({tracker.name: tracker.result() for tracker in self.part_trackers})
+        return logs
+
+    def _reducible(self, logs):
+        # Keras averages step outputs over workers with reduce(MEAN, axis=0), which fails
+        # on scalars; shape (1,) values reduce to the same scalar mean.
+        if not self.multi_worker:
+            return logs
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+    def _decay_term(self):
+        kernels = [v for v in self.network.trainable_variables if _is_kernel(v)]
+        if self.l2_decay <= 0 or not kernels:
+            return 0.0
+        return 0.5 * self.l2_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+
+    def train_step(self, data):
+        images, targets = data
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            total, parts = self._compute_losses(images, targets, training=True)
+            # Replica gradients are summed, so each replica takes its share of the loss.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            objective = (total + self._decay_term()) / float(replicas)
+            objective = self.optimizer.scale_loss(objective)
+        gradients = tape.gradient(objective, variables)
+        finite = tf.math.is_finite(total)
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # The loss-scale optimiser already drops non-finite steps; others need this.
+            finite = tf.logical_and(finite, tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
+            gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+        logs = self._update_trackers(total, parts, tf.shape(images)[0])
+        logs["nonfinite_steps"] = self.nonfinite_tracker.result()
+        return self._reducible(logs)
+
+    def test_step(self, data):
+        images, targets = data
+        total, parts = self._compute_losses(images, targets, training=False)
+        return self._reducible(self._update_trackers(total, parts, tf.shape(images)[0]))
+
+
+def _is_kernel(variable):
+    return variable.path.endswith("kernel") or variable.name == "kernel"
+
+
+def _is_bias(variable):
+    return variable.path.endswith("bias") or variable.name == "bias"
+
+
+def learning_rate_factor(variable, cfg):
+    """The Caffe lr_mult of a variable: stage_lr_multiplier in stages 2..T, times
+    bias_lr_multiplier for biases."""
+    from model import stage_of_layer
+
+    stage = max(stage_of_layer(part) for part in variable.path.split("/"))
+    factor = cfg.stage_lr_multiplier if stage >= 2 else 1.0
+    if _is_bias(variable):
+        factor *= cfg.bias_lr_multiplier
+    return float(factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ---------------------------------------------------------------------------------------------
+class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr = initial * rate ** floor(step / decay_steps) * factor (factor: plateau cuts)."""
+
+    def __init__(self, initial, decay_steps, rate):
+        self.initial, self.decay_steps, self.rate = float(initial), int(decay_steps), rate
+        self.factor = tf.Variable(1.0, trainable=False, dtype=tf.float32,
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def __call__(self, step):
+        value = tf.constant(self.initial, tf.float32) * self.factor
+        if self.decay_steps > 0:
+            periods = tf.floor(tf.cast(step, tf.float32) / float(self.decay_steps))
+            value = value * tf.pow(tf.constant(float(self.rate), tf.float32), periods)
+        return value
+
+    def get_config(self):
+        return {"initial": self.initial, "decay_steps": self.decay_steps, "rate": self.rate}
+
+
+def make_schedule(cfg):
+    """The step-decay schedule of cfg (create it under the strategy's scope)."""
+    return StepDecay(cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate)
+
+
+def make_optimizer(cfg, schedule):
+    """SGD/Adam/AdamW whose update step multiplies the learning rate per variable."""
+    bases = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam,
+             "adamw": keras.optimizers.AdamW}
+    name = cfg.optimizer.lower()
+    if name not in bases:
+        raise ValueError(f"optimizer must be one of {sorted(bases)}, got {cfg.optimizer!r}")
+
+    class WithLearningRateMultipliers(bases[name]):
+        def build(self, variables):
+            super().build(variables)
+            self.lr_factors = [learning_rate_factor(variable, cfg) for variable in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            factor = self.lr_factors[self._get_variable_index(variable)]
+            if factor != 1.0:
+                learning_rate = learning_rate * factor
+            return super().update_step(gradient, variable, learning_rate)
+
+    if name == "sgd":
+        optimizer = WithLearningRateMultipliers(learning_rate=schedule, momentum=cfg.momentum)
+    elif name == "adam":
+        optimizer = WithLearningRateMultipliers(learning_rate=schedule)
+    else:
+        optimizer = WithLearningRateMultipliers(learning_rate=schedule,
+                                                weight_decay=cfg.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+    return optimizer
+
+
+def make_trainer(cfg, network):
+    """Compile the training wrapper of `network` (call under the strategy's scope)."""
+    schedule = make_schedule(cfg)
+    optimizer = make_optimizer(cfg, schedule)
+    l2_decay = 0.0 if cfg.optimizer.lower() == "adamw" else cfg.weight_decay
+    trainer = PoseTrainer(network, l2_decay=l2_decay)
+    trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.jit_compile))
+    return trainer, schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# Distribution
+# ---------------------------------------------------------------------------------------------
+def make_strategy(name):
+    """The tf.distribute strategy of --strategy (see the module docstring)."""
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable "
+                             "(cluster spec and this worker's task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(
+            devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    raise ValueError(f"strategy must be auto, mirrored or multiworker, got {name!r}")
+
+
+def _multi_worker(strategy):
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
+def worker_role(strategy):
+    """(is_chief, task_id) of this process; single-machine strategies are always the chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not _multi_worker(strategy) or resolver is None or not resolver.task_type:
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return chief, task_id
+
+
+def any_worker(strategy, flag):
+    """True on every worker when `flag` is true on any of them (a collective on multiworker).
+
+    Decisions that end training must agree, or the workers still training would wait forever
+    for the ones that stopped.
+    """
+    if not _multi_worker(strategy):
+        return bool(flag)
+
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(1.0 if flag else 0.0))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)) > 0.0
+
+
+def set_precision_policy(cfg):
+    """mixed_float16 on GPUs, mixed_bfloat16 on CPUs (float16 is slow there), else float32."""
+    if not cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+        return "float32"
+    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def synthetic_dataset(cfg, split, training, shard=None, input_context=None, batches=2):
+    """Random images and maps with make_dataset's shapes, for benchmarks and smoke tests.
+
+    Same signature and batching rules as data_generator.make_dataset; `batches` distinct
+    per-replica batches are drawn (from cfg.seed, the split and the input pipeline) and repeated
+    forever when training, or given once otherwise. The values mean nothing.
+    """
+    pipeline, batch_size = 0, cfg.batch_size
+    if shard is not None and hasattr(shard, "num_input_pipelines"):
+        input_context = shard
+    elif shard is not None:
+        pipeline = int(shard[1])
+    if input_context is not None:
+        pipeline = input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(cfg.batch_size)
+    rng = np.random.default_rng((cfg.seed, pipeline, 0 if split == "train" else 1))
+    size, grid, count = cfg.input_size, cfg.input_size // cfg.stride, batches * batch_size
+    images = rng.uniform(0, 255, (count, size, size, 3)).astype(np.float32)
+    targets = {"heatmaps": rng.uniform(0, 1, (count, grid, grid, NUM_HEATMAPS)).astype(np.float32),
+               "pafs": rng.uniform(-1, 1, (count, grid, grid, NUM_PAFS)).astype(np.float32),
+               "mask": (rng.uniform(0, 1, (count, grid, grid, 1)) < 0.9).astype(np.float32)}
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).batch(batch_size)
+    return dataset.cache().repeat() if training else dataset
+
+
+def count_records(cfg, split):
+    """Number of non-empty lines of {records_dir}/{split}.jsonl (0 when the file is missing)."""
+    path = os.path.join(cfg.records_dir, f"{split}.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "r", encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _default_dataset_fn():
+    import data_generator
+
+    return data_generator.make_dataset
+
+
+def distributed_dataset(strategy, dataset_fn, cfg, split, training, steps=None):
+    """The split's dataset, distributed so each replica gets batch_size / replicas samples.
+
+    steps: when given (evaluation), exactly this many global batches per pass, the same ones
+    every time (the stream is repeated then cut), so all workers run equal numbers of steps.
+    """
+    def build(input_context=None):
+        if input_context is None:
+            dataset = dataset_fn(cfg, split, training)
+        else:
+            dataset = dataset_fn(cfg, split, training, input_context=input_context)
+        if steps:
+            replicas_per_pipeline = 1 if input_context is None else \
+                input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            dataset = dataset.repeat().take(steps * replicas_per_pipeline)
+        return dataset
+
+    if strategy.num_replicas_in_sync == 1 and not _multi_worker(strategy):
+        return build()
+    return strategy.distribute_datasets_from_function(build)
+
+
+def fixed_samples(dataset_fn, cfg, split, count=IMAGE_SAMPLES):
+    """(images, targets) numpy arrays of the first `count` samples of a deterministic pass."""
+    images, targets = next(iter(dataset_fn(cfg, split, False)))
+    return (images.numpy()[:count], {key: value.numpy()[:count] for key, value in targets.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard images
+# ---------------------------------------------------------------------------------------------
+def _colour_map(values, size):
+    """(rows, cols) values in 0..1 -> (size, size, 3) uint8 RGB jet colours (nearest upsample)."""
+    import cv2
+
+    scaled = np.clip(np.nan_to_num(values), 0.0, 1.0)
+    coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return cv2.resize(coloured, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def map_panel(image, target_heatmaps, predicted_heatmaps, target_pafs, predicted_pafs):
+    """One uint8 RGB strip (S, 5*S, 3): image | target / predicted heatmaps | target / predicted
+    PAFs, maps blended over the image.
+
+    image (S, S, 3) RGB 0..255; heatmaps (g, g, 15): the max over the 14 joints is drawn;
+    pafs (g, g, 30): the max over limbs of the vector length |(x, y)| is drawn.
+    """
+    size = image.shape[0]
+    picture = np.clip(image, 0, 255).astype(np.float32)
+
+    def joints(maps):
+        return maps[..., :NUM_JOINTS].max(axis=-1)
+
+    def limbs(maps):
+        return np.hypot(maps[..., 0::2], maps[..., 1::2]).max(axis=-1)
+
+    tiles = [picture.astype(np.uint8)]
+    for values in (joints(target_heatmaps), joints(predicted_heatmaps), limbs(target_pafs),
+                   limbs(predicted_pafs)):
+        tiles.append((0.4 * picture + 0.6 * _colour_map(values, size)).astype(np.uint8))
+    return np.concatenate(tiles, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state and checkpoints
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunState:
+    """What last.json holds; `step` counts optimiser steps (batches) over the whole run."""
+
+    step: int = 0
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_monitor: str = "val_loss"
+    epochs_without_improvement: int = 0
+    plateau_wait: int = 0
+    lr_factor: float = 1.0
+    state_file: str = ""
+    stop_reason: str = ""
+
+
+def read_run_state(model_dir):
+    """The RunState of models/<run>/last.json, or None when the run has no checkpoint."""
+    path = os.path.join(model_dir, SIDECAR_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "r", encoding="utf-8") as handle:
+        values = json.load(handle)
+    known = {field.name for field in dataclasses.fields(RunState)}
+    state = RunState(**{key: value for key, value in values.items() if key in known})
+    state.best_loss = math.inf if state.best_loss is None else float(state.best_loss)
+    if not os.path.isfile(os.path.join(model_dir, state.state_file)):
+        raise FileNotFoundError(f"{path}: names {state.state_file}, which is missing")
+    return state
+
+
+@contextlib.contextmanager
+def _quiet_saving():
+    """Hide the DeprecationWarning that Keras' saving raises under NumPy 2 (one per variable)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message="__array__ implementation doesn't accept a copy keyword")
+        yield
+
+
+def save_network(network, path):
+    with _quiet_saving(), utils.atomic_path(path) as temporary:
+        network.save(temporary)
+
+
+def save_checkpoint(trainer, state, model_dir):
+    """Write state-<step>.weights.h5, last.keras, then last.json (the commit), atomically."""
+    state_file = STATE_PATTERN.format(step=state.step)
+    with _quiet_saving(), utils.atomic_path(os.path.join(model_dir, state_file)) as temporary:
+        trainer.save_weights(temporary)
+    save_network(trainer.network, os.path.join(model_dir, "last.keras"))
+    state.state_file = state_file
+    values = dataclasses.asdict(state)
+    values["best_loss"] = values["best_loss"] if math.isfinite(values["best_loss"]) else None
+    utils.atomic_write_json(os.path.join(model_dir, SIDECAR_NAME), values, indent=2)
+    for name in os.listdir(model_dir):
+        if name.startswith("state-") and name.endswith(".weights.h5") and name != state_file:
+            os.remove(os.path.join(model_dir, name))
+
+
+def restore_checkpoint(trainer, state, model_dir):
+    """Load network and optimiser state (call under the strategy's scope)."""
+    trainer.build_optimizer()
+    trainer.load_weights(os.path.join(model_dir, state.state_file))
+
+
+def _all_finite(network):
+    return all(np.isfinite(weight).all() for weight in network.get_weights())
+
+
+def write_loss_curve(csv_path, png_path):
+    """Plot loss and val_loss per epoch from training.csv into png_path (atomically)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, "r", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "val_loss"):
+        if key in rows[0]:
+            values = [float(row[key]) if row.get(key) not in (None, "") else math.nan
+                      for row in rows]
+            axis.plot(range(1, len(rows) + 1), values, marker="o", label=key)
+    axis.set_xlabel("epoch (CSV row)")
+    axis.set_ylabel("loss (sum over stages, per image)")
+    axis.set_yscale("log")
+    axis.legend()
+    axis.grid(True, alpha=0.3)
+    with utils.atomic_path(png_path) as temporary:
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Callbacks
+# ---------------------------------------------------------------------------------------------
+class NanGuard(keras.callbacks.Callback):
+    """Stops at the first non-finite step; the Checkpointer then writes nothing more."""
+
+    def __init__(self, state, model_dir):
+        super().__init__()
+        self.state, self.model_dir = state, model_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        loss = float(logs.get("loss", 0.0))
+        if np.isfinite(loss) and float(logs.get("nonfinite_steps", 0.0)) == 0.0:
+            return
+        self.state.stop_reason = "nan"
+        self.model.stop_training = True
+        print(f"\ntrain.py: the loss or its gradients became NaN/inf at step "
+              f"{self.state.step + 1}; that update was dropped and training stopped. The "
+              f"last good checkpoint is {os.path.join(self.model_dir, 'last.keras')} "
+              f"(step {self.state_step_on_disk()}). Lower --learning_rate or check the data, "
+              f"then continue with --resume.", file=sys.stderr, flush=True)
+
+    def state_step_on_disk(self):
+        saved = read_run_state(self.model_dir) if os.path.isdir(self.model_dir) else None
+        return saved.step if saved else "none yet"
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops every worker together once max_train_minutes have passed (0: no limit)."""
+
+    def __init__(self, state, minutes, strategy):
+        super().__init__()
+        self.state, self.minutes, self.strategy = state, minutes, strategy
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.minutes <= 0:
+            return
+        over = time.monotonic() - self.started > self.minutes * 60.0
+        if any_worker(self.strategy, over):
+            self.state.stop_reason = self.state.stop_reason or "time"
+            self.model.stop_training = True
+
+class Checkpointer(keras.callbacks.Callback):
+    """Counts steps; saves last (every N steps and at epoch ends) and best; runs
+    ReduceLROnPlateau and early stopping with their counters kept in last.json."""
+
+    def __init__(self, cfg, state, model_dir, schedule, steps_per_epoch, monitor):
+        super().__init__()
+        self.cfg, self.state, self.model_dir = cfg, state, model_dir
+        self.schedule, self.steps_per_epoch = schedule, steps_per_epoch
+        self.monitor = monitor
+        self.every = int(cfg.checkpoint_every_steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.state.stop_reason == "nan":
+            return
+        self.state.step += 1
+        self.state.epoch = self.state.step // self.steps_per_epoch
+        at_epoch_end = self.state.step % self.steps_per_epoch == 0
+        if self.every > 0 and self.state.step % self.every == 0 and not at_epoch_end:
+            save_checkpoint(self.model, self.state, self.model_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.state.stop_reason == "nan" or not _all_finite(self.model.network):
+            return
+        value = float(logs.get(self.monitor, math.nan))
+        improved = np.isfinite(value) and value < self.state.best_loss
+        if improved:
+            self.state.best_loss = value
+            save_network(self.model.network, os.path.join(self.model_dir, "best.keras"))
+        if self.state.step % self.steps_per_epoch == 0:  # only whole epochs count
+            self._plateau(improved)
+        save_checkpoint(self.model, self.state, self.model_dir)
+
+    def _plateau(self, improved):
+        self.state.epochs_without_improvement = 0 if improved else \
+            self.state.epochs_without_improvement + 1
+        self.state.plateau_wait = 0 if improved else self.state.plateau_wait + 1
+        if 0 < self.cfg.reduce_lr_patience <= self.state.plateau_wait:
+            self.state.lr_factor /= PLATEAU_DIVISOR
+            self.state.plateau_wait = 0
+            self.schedule.factor.assign(self.state.lr_factor)
+            print(f"\ntrain.py: no improvement of {self.monitor} for "
+                  f"{self.cfg.reduce_lr_patience} epochs; learning rate x "
+                  f"{self.state.lr_factor:.4g}", flush=True)
+        patience = self.cfg.early_stopping_patience
+        if 0 < patience <= self.state.epochs_without_improvement:
+            self.state.stop_reason = "early_stopping"
+            self.model.stop_training = True
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the current learning rate into the epoch logs (CSV and TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+class MapImages(keras.callbacks.Callback):
+    """Every N steps: predicted vs target maps of fixed samples as TensorBoard images, plus
+    the running loss and learning rate as per-step scalars (every N/10 steps)."""
+
+    def __init__(self, state, samples, log_dir, every):
+        super().__init__()
+        self.state, (self.images, self.targets) = state, samples
+        self.every, self.scalar_every = max(1, every), max(1, every // 10)
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "steps"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.state.step
+        with self.writer.as_default(step=step):
+            if step % self.scalar_every == 0 and logs:
+                tf.summary.scalar("loss", float(logs.get("loss", math.nan)))
+                tf.summary.scalar("learning_rate",
+                                  float(self.model.optimizer.learning_rate.numpy()))
+            if step % self.every == 0:
+                self.write_images()
+
+    def write_images(self):
+        outputs = self.model.network(self.images, training=False)
+        pafs, heatmaps = outputs[-2].numpy(), outputs[-1].numpy()
+        panels = np.stack([
+            map_panel(image, self.targets["heatmaps"][index], heatmaps[index],
+                      self.targets["pafs"][index], pafs[index])
+            for index, image in enumerate(self.images)])
+        tf.summary.image("maps", panels, max_outputs=len(panels), description=(
+            "image | target heatmaps | predicted heatmaps | target PAFs | predicted PAFs "
+            "(final stage, max over joints / limbs)"))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.flush()
+
+
+def make_callbacks(cfg, strategy, state, dirs, schedule, steps_per_epoch, monitor, samples):
+    """The callback list in the order that matters: guard, budget, checkpoints, then logs."""
+    model_dir, log_dir = dirs
+    callbacks = [
+        NanGuard(state, model_dir),
+        TimeBudget(state, cfg.max_train_minutes, strategy),
+        Checkpointer(cfg, state, model_dir, schedule, steps_per_epoch, monitor),
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(os.path.join(log_dir, "training.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch", write_graph=False),
+    ]
+    if samples is not None and cfg.log_images_every > 0:
+        callbacks.append(MapImages(state, samples, log_dir, cfg.log_images_every))
+    return callbacks
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def _check_resumable(cfg, model_dir):
+    saved_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(saved_path):
+        return
+    saved = config_module.load_config(saved_path)
+    changed = [name for name in RESUME_FIXED_FIELDS
+               if getattr(saved, name) != getattr(cfg, name)]
+    if changed:
+        details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(cfg, name)!r}"
+                            for name in changed)
+        raise ValueError(f"{saved_path}: cannot resume with a different {details}")
+
+
+def prepare_directories(cfg, chief, task_id):
+    """(read_model_dir, (write_model_dir, write_log_dir), temporary dirs to delete)."""
+    model_dir, log_dir = config_module.run_directories(cfg)
+    if chief:
+        os.makedirs(model_dir, exist_ok=True)
+        os.makedirs(log_dir, exist_ok=True)
+        return model_dir, (model_dir, log_dir), []
+    scratch = tempfile.mkdtemp(prefix=f"openpose-worker{task_id}-")
+    dirs = (os.path.join(scratch, "models"), os.path.join(scratch, "logs"))
+    for directory in dirs:
+        os.makedirs(directory)
+    return model_dir, dirs, [scratch]
+
+
+def initial_state(cfg, model_dir):
+    """The RunState to start from: last.json when resuming, a fresh one otherwise."""
+    saved = read_run_state(model_dir)
+    if cfg.resume:
+        if saved is None:
+            print(f"train.py: --resume given but {model_dir}/ has no checkpoint yet; starting a "
+                  f"new run", flush=True)
+            return RunState(), False
+        _check_resumable(cfg, model_dir)
+        saved.stop_reason = ""
+        return saved, True
+    if saved is not None:
+        raise FileExistsError(f"{model_dir}/ already holds run {cfg.name!r} (step {saved.step}); "
+                              f"pass --resume to continue it or choose another --run_name")
+    return RunState(), False
+
+
+def resolve_steps(cfg, dataset_fn, strategy):
+    """(steps_per_epoch, validation_steps or None, has_validation)."""
+    real_data = dataset_fn is None
+    steps_per_epoch = cfg.steps_per_epoch
+    if steps_per_epoch <= 0:
+        if not real_data:
+            raise ValueError("steps_per_epoch must be set when training on a custom dataset")
+        records = count_records(cfg, "train")
+        if records == 0:
+            raise FileNotFoundError(f"{cfg.records_dir}/train.jsonl: no training records; run "
+                                    f"pre-process.py first")
+        steps_per_epoch = max(1, records // cfg.batch_size)
+    has_validation = (not real_data) or count_records(cfg, "val") > 0
+    validation_steps = cfg.validation_steps or None
+    if has_validation and validation_steps is None and strategy.num_replicas_in_sync > 1:
+        # One pass would end with replicas (or workers) holding no data for the last step,
+        # which tf.distribute fails on; a fixed count of a repeated stream cannot.
+        validation_steps = math.ceil(count_records(cfg, "val") / cfg.batch_size) \
+            if real_data else 2
+    return steps_per_epoch, validation_steps, has_validation
+
+
+def fit_phases(state, steps_per_epoch, epochs):
+    """[(initial_epoch, end_epoch, steps_per_epoch)] that finish the run from state.step: the
+    rest of an interrupted epoch, then whole epochs."""
+    epoch, done = divmod(state.step, steps_per_epoch)
+    phases = []
+    if done and epoch < epochs:
+        phases.append((epoch, epoch + 1, steps_per_epoch - done))
+        epoch += 1
+    if epoch < epochs:
+        phases.append((epoch, epochs, steps_per_epoch))
+    return phases
+
+
+def _build(cfg, strategy, state, resumed, model_dir):
+    import model as model_module
+
+    with strategy.scope():
+        network = model_module.build_model(cfg)
+        trainer, schedule = make_trainer(cfg, network)
+        if resumed:
+            restore_checkpoint(trainer, state, model_dir)
+            schedule.factor.assign(state.lr_factor)
+        else:
+            copied = model_module.load_backbone_weights(network, cfg.backbone_weights)
+            if copied:
+                print(f"train.py: backbone conv1_1..conv4_2 from {cfg.backbone_weights}",
+                      flush=True)
+    return network, trainer, schedule
+
+
+def train(cfg, dataset_fn=None):
+    """Train as configured; returns a summary dict (see the module docstring for the files)."""
+    policy = set_precision_policy(cfg)
+    strategy = make_strategy(cfg.strategy)
+    chief, task_id = worker_role(strategy)
+    read_model_dir, (model_dir, log_dir), scratch = prepare_directories(cfg, chief, task_id)
+    try:
+        state, resumed = initial_state(cfg, read_model_dir)
+        keras.utils.set_random_seed(cfg.seed + state.step)
+        network, trainer, schedule = _build(cfg, strategy, state, resumed, read_model_dir)
+        if chief and not resumed and os.path.exists(os.path.join(log_dir, "training.csv")):
+            os.remove(os.path.join(log_dir, "training.csv"))  # left by a run that never saved
+        for directory in (model_dir, log_dir):
+            config_module.save_config(cfg, os.path.join(directory, "config.json"))
+        summary = _fit(cfg, dataset_fn, strategy, chief, trainer, schedule, state,
+                       (model_dir, log_dir))
+    finally:
+        for directory in scratch:
+            shutil.rmtree(directory, ignore_errors=True)
+    summary.update(run=cfg.name, policy=policy, replicas=strategy.num_replicas_in_sync,
+                   resumed=resumed, chief=chief, model_dir=read_model_dir)
+    return summary
+
+
+def _fit(cfg, dataset_fn, strategy, chief, trainer, schedule, state, dirs):
+    steps_per_epoch, validation_steps, has_validation = resolve_steps(cfg, dataset_fn, strategy)
+    dataset_fn = dataset_fn or _default_dataset_fn()
+    # A resumed run reshuffles with another seed rather than replaying the first batches.
+    stream_cfg = dataclasses.replace(cfg, seed=cfg.seed + state.step)
+    train_data = distributed_dataset(strategy, dataset_fn, stream_cfg, "train", True)
+    validation_data = distributed_dataset(strategy, dataset_fn, cfg, "val", False,
+                                          validation_steps) if has_validation else None
+    monitor = "val_loss" if has_validation else "loss"
+    if not has_validation:
+        print("train.py: no validation records; best.keras follows the training loss",
+              flush=True)
+    samples = fixed_samples(dataset_fn, cfg, "val" if has_validation else "train") \
+        if chief else None
+    state.best_monitor = monitor
+    callbacks = make_callbacks(cfg, strategy, state, dirs, schedule, steps_per_epoch, monitor,
+                               samples)
+    start_step, started = state.step, time.monotonic()
+    print(f"train.py: run {cfg.name!r} from epoch {state.step // steps_per_epoch} step "
+          f"{state.step} ({steps_per_epoch} steps per epoch, {cfg.epochs} epochs, "
+          f"{strategy.num_replicas_in_sync} replica(s), global batch {cfg.batch_size})",
+          flush=True)
+    verbose = (1 if sys.stdout.isatty() else 2) if chief else 0
+    # Keras warns when a one-pass validation set of unknown length first runs out; that is
+    # how evaluation ends here (the training stream is infinite and cannot run out).
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    for initial_epoch, end_epoch, steps in fit_phases(state, steps_per_epoch, cfg.epochs):
+        trainer.fit(train_data, initial_epoch=initial_epoch, epochs=end_epoch,
+                    steps_per_epoch=steps, validation_data=validation_data,
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
+        if state.stop_reason:
+            break
+    if chief and os.path.isfile(os.path.join(dirs[1], "training.csv")):
+        write_loss_curve(os.path.join(dirs[1], "training.csv"),
+                         os.path.join(dirs[1], "loss_curve.png"))
+    # A last collective keeps the workers together until the chief is done, so no worker
+    # exits while another still expects its heartbeats.
+    any_worker(strategy, False)
+    return dict(step=state.step, epoch=state.step // steps_per_epoch,
+                steps_this_run=state.step - start_step,
+                optimizer_iterations=int(trainer.optimizer.iterations.numpy()),
+                best_loss=state.best_loss, monitor=monitor,
+                stop_reason=state.stop_reason or "finished",
+                minutes=round((time.monotonic() - started) / 60.0, 3))
+
+
+def main(cfg, dataset_fn=None):
+    """Train with `cfg` (a config.Config); returns the summary dict that the CLI prints."""
+    return train(cfg, dataset_fn)
+
+
+def parse_arguments(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_module.add_config_arguments(parser)
+    return config_module.config_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    summary = main(parse_arguments())
+    print(json.dumps(summary))
+    sys.exit(1 if summary["stop_reason"] == "nan" else 0)
