@@ -132,6 +132,7 @@ class Config:
     stage_kernel: int = 7  # Kernel of the hidden convolutions in stages 2..T.
     stage_convs: int = 5  # Number of k x k convolutions in stages 2..T.
     backbone_weights: str = "imagenet"  # imagenet | PATH to saved VGG19 weights | none.
+    batch_norm: bool = False  # Batch normalisation after hidden convolutions (not in the paper).
 
     # Targets.
     heatmap_sigma: float = 7.0  # Gaussian sigma of the confidence maps, in input pixels.
@@ -210,6 +211,7 @@ PRESETS = {
         stage_kernel=3,
         stage_convs=3,
         backbone_weights="none",
+        batch_norm=True,
         heatmap_sigma=4.0,
         paf_width=1.0,
         scale_min=0.6,
@@ -222,7 +224,7 @@ PRESETS = {
         weight_decay=0.0,
         stage_lr_multiplier=1.0,
         bias_lr_multiplier=1.0,
-        lr_decay_steps=1500,
+        lr_decay_steps=4000,
         lr_decay_rate=0.5,
         epochs=1000,
         steps_per_epoch=200,
@@ -231,7 +233,8 @@ PRESETS = {
         log_images_every=200,
         checkpoint_every_steps=100,
         inference_height=160,
-        scales=(1.0,),
+        scales=(1.25, 1.75),
+        flip_test=True,
     ),
 }
 

@@ -101,10 +101,11 @@ class _LayerFactory:
     docstring). Output convolutions are N(0, 0.01) either way.
     """
 
-    def __init__(self, seed, pretrained):
+    def __init__(self, seed, pretrained, batch_norm=False):
         self.seed = int(seed) * 1000
         self.count = 0
         self.pretrained = pretrained
+        self.batch_norm = batch_norm
 
     def initializer(self, role):
         self.count += 1
@@ -118,11 +119,21 @@ class _LayerFactory:
                                                   distribution="truncated_normal", seed=seed)
 
     def conv(self, channels, kernel, name, role="head"):
-        """A same-padded Conv2D; role: first | backbone | head (hidden, ReLU) | output (linear)."""
-        return layers.Conv2D(channels, kernel, padding="same",
-                             activation=None if role == "output" else "relu",
-                             kernel_initializer=self.initializer(role),
-                             bias_initializer="zeros", name=name)
+        """A same-padded Conv2D; role: first | backbone | head (hidden, ReLU) | output (linear).
+
+        With batch normalisation a hidden convolution becomes conv -> `<name>_bn` -> ReLU, as a
+        callable on a tensor like the Conv2D it replaces.
+        """
+        hidden = role != "output"
+        convolution = layers.Conv2D(
+            channels, kernel, padding="same",
+            activation="relu" if hidden and not self.batch_norm else None,
+            kernel_initializer=self.initializer(role), bias_initializer="zeros", name=name)
+        if not (hidden and self.batch_norm):
+            return convolution
+        normalise = layers.BatchNormalization(name=f"{name}_bn")
+        activate = layers.ReLU(name=f"{name}_relu")
+        return lambda tensor: activate(normalise(convolution(tensor)))
 
 
 def uses_pretrained_backbone(cfg):
@@ -190,7 +201,8 @@ def build_model(cfg=None):
     cfg = cfg if cfg is not None else config_module.Config()
     if cfg.stages < 1:
         raise ValueError(f"stages must be at least 1, got {cfg.stages}")
-    factory = _LayerFactory(cfg.seed, pretrained=uses_pretrained_backbone(cfg))
+    factory = _LayerFactory(cfg.seed, pretrained=uses_pretrained_backbone(cfg),
+                            batch_norm=cfg.batch_norm)
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
     features = _backbone(images, cfg, factory)
     previous = [_stage_one_branch(features, cfg, factory, branch, channels)

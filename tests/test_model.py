@@ -1,5 +1,6 @@
 """Tests of model.py: architecture, parameter count, normalisation, backbone weights, loading."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -25,29 +26,36 @@ def conv_parameters(kernel, inputs, outputs):
 
 
 def expected_parameters(cfg):
-    """The parameter count written out from the layer sizes of the specification."""
+    """The parameter count written out from the layer sizes of the specification.
+
+    With batch normalisation every hidden convolution also has 4 values per output channel
+    (scale, offset, moving mean, moving variance); output convolutions have none.
+    """
+    def hidden_conv(kernel, inputs, outputs):
+        return conv_parameters(kernel, inputs, outputs) + (4 * outputs if cfg.batch_norm else 0)
+
     widths = list(cfg.backbone_channels)
     widths += [widths[-1]] * (4 - len(widths))
     total, channels = 0, 3
     for width, count in zip(widths, (2, 2, 4, 2)):
         for _ in range(count):
-            total += conv_parameters(3, channels, width)
+            total += hidden_conv(3, channels, width)
             channels = width
-    total += conv_parameters(3, channels, cfg.cpm_channels[0])
-    total += conv_parameters(3, cfg.cpm_channels[0], cfg.cpm_channels[1])
+    total += hidden_conv(3, channels, cfg.cpm_channels[0])
+    total += hidden_conv(3, cfg.cpm_channels[0], cfg.cpm_channels[1])
     features = cfg.cpm_channels[1]
     for out in (NUM_PAFS, NUM_HEATMAPS):
-        total += conv_parameters(cfg.stage1_kernel, features, cfg.stage_channels)
-        total += 2 * conv_parameters(cfg.stage1_kernel, cfg.stage_channels, cfg.stage_channels)
-        total += conv_parameters(1, cfg.stage_channels, cfg.stage1_hidden)
+        total += hidden_conv(cfg.stage1_kernel, features, cfg.stage_channels)
+        total += 2 * hidden_conv(cfg.stage1_kernel, cfg.stage_channels, cfg.stage_channels)
+        total += hidden_conv(1, cfg.stage_channels, cfg.stage1_hidden)
         total += conv_parameters(1, cfg.stage1_hidden, out)
     stage_inputs = features + NUM_PAFS + NUM_HEATMAPS
     for _ in range(cfg.stages - 1):
         for out in (NUM_PAFS, NUM_HEATMAPS):
-            total += conv_parameters(cfg.stage_kernel, stage_inputs, cfg.stage_channels)
-            total += (cfg.stage_convs - 1) * conv_parameters(cfg.stage_kernel, cfg.stage_channels,
-                                                             cfg.stage_channels)
-            total += conv_parameters(1, cfg.stage_channels, cfg.stage_channels)
+            total += hidden_conv(cfg.stage_kernel, stage_inputs, cfg.stage_channels)
+            total += (cfg.stage_convs - 1) * hidden_conv(cfg.stage_kernel, cfg.stage_channels,
+                                                         cfg.stage_channels)
+            total += hidden_conv(1, cfg.stage_channels, cfg.stage_channels)
             total += conv_parameters(1, cfg.stage_channels, out)
     return total
 
@@ -74,6 +82,11 @@ def test_cpu_preset_parameter_count_and_forward_shapes():
     cfg = config.make_config("cpu")
     network = model.build_model(cfg)
     assert network.count_params() == expected_parameters(cfg)
+    assert cfg.batch_norm and not config.Config().batch_norm
+    assert isinstance(network.get_layer("conv1_1_bn"), keras.layers.BatchNormalization)
+    assert network.get_layer("conv1_1").activation is keras.activations.linear
+    assert model.build_model(config.make_config("cpu", batch_norm=False)).count_params() == \
+        expected_parameters(config.make_config("cpu", batch_norm=False))
     # With three backbone widths, block4 (conv4_1, conv4_2) reuses the last one.
     assert len(cfg.backbone_channels) == 3
     last = cfg.backbone_channels[-1]
