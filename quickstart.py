@@ -109,18 +109,24 @@ def main(arguments):
     timings["demo"] = run_step("5/5 demo drawings", [
         python, "demo.py", "--model", checkpoint, "--image", demo_dir])
 
-    summary = summarise(scores, log_dir, demo_dir, timings, time.time() - started)
+    summary = summarise(scores, model_dir, log_dir, demo_dir, timings, time.time() - started)
     utils.atomic_write_json(os.path.join(log_dir, "quickstart_summary.json"), summary, indent=2)
     print_summary(summary)
     return summary
 
 
-def summarise(scores_path, log_dir, demo_dir, timings, total_seconds):
+def summarise(scores_path, model_dir, log_dir, demo_dir, timings, total_seconds):
     with open(scores_path, "r", encoding="utf-8") as handle:
         scores = json.load(handle)
+    with open(os.path.join(model_dir, "last.json"), "r", encoding="utf-8") as handle:
+        steps = json.load(handle)["step"]
+    batch_size = config.load_config(os.path.join(model_dir, "config.json")).batch_size
     drawings = sorted(glob.glob(os.path.join(demo_dir, "*_pose.jpg")))
     return dict(
         mAP=scores["score"], ap50=scores["ap50"], ap75=scores["ap75"],
+        # Whole-run throughput: start-up, validation and checkpoints included.
+        train_steps=steps,
+        train_images_per_second=round(steps * batch_size / timings["train"], 2),
         loss_curve=os.path.join(log_dir, "loss_curve.png"),
         tensorboard_logs=log_dir, demo_drawings=drawings,
         step_seconds={key: round(value, 1) for key, value in timings.items()},
@@ -132,6 +138,8 @@ def print_summary(summary):
     print("\n=== quick start finished")
     print(f"  synthetic validation mAP (official metric): {summary['mAP']:.4f}")
     print(f"  AP@0.5: {summary['ap50']:.4f}   AP@0.75: {summary['ap75']:.4f}")
+    print(f"  training: {summary['train_steps']} steps, "
+          f"{summary['train_images_per_second']:.1f} images/s")
     print(f"  loss curve: {summary['loss_curve']}")
     print(f"  TensorBoard: tensorboard --logdir {summary['tensorboard_logs']}")
     print(f"  demo drawings: {', '.join(summary['demo_drawings']) or 'none'}")

@@ -87,7 +87,7 @@ def parse_timed(heatmaps, pafs, factor, cfg):
     times["scoring"] = time.perf_counter() - started
     started = time.perf_counter()
     connections = inference.match_limbs(
-        candidates, peaks, getattr(cfg, "limb_matching", inference.DEFAULT_LIMB_MATCHING))
+        candidates, peaks, cfg.limb_matching)
     times["matching"] = time.perf_counter() - started
     started = time.perf_counter()
     members, _ = inference.assemble_people(peaks, connections, cfg)
@@ -220,11 +220,8 @@ def main(argv=None):
     print_report(cfg, result, timing, render_ms, ablations, ceiling)
     parser_settings = {name: getattr(cfg, name) for name in (
         "peak_threshold", "peak_smoothing", "paf_threshold", "paf_samples", "paf_min_fraction",
-        "min_parts", "min_person_score")}
-    parser_settings["limb_matching"] = getattr(cfg, "limb_matching",
-                                               inference.DEFAULT_LIMB_MATCHING)
-    parser_settings["fragment_join_ratio"] = getattr(cfg, "fragment_join_ratio",
-                                                     inference.DEFAULT_FRAGMENT_JOIN_RATIO)
+        "min_parts", "min_person_score", "limb_matching", "fragment_join_ratio",
+        "max_peaks_per_joint")}
     print(json.dumps({
         "oracle_map": round(result["score"], 6), "goal_map": 0.98,
         "parse_ms_median": round(timing["total"]["median_ms"], 4), "goal_ms": 5.0,

@@ -29,6 +29,7 @@ def test_summary_is_the_last_line_and_names_existing_files(quickstart_run):
     workdir, stdout = quickstart_run
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert 0.0 <= summary["mAP"] <= 1.0
+    assert summary["train_steps"] > 0 and summary["train_images_per_second"] > 0
     assert set(summary["step_seconds"]) == {"synthetic", "pre_process", "train", "evaluate",
                                             "demo"}
     assert os.path.isfile(summary["loss_curve"])
