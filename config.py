@@ -233,7 +233,7 @@ PRESETS = {
         log_images_every=200,
         checkpoint_every_steps=100,
         inference_height=160,
-        scales=(1.25, 1.75),
+        scales=(1.0, 1.5, 2.0),
         flip_test=True,
     ),
 }
