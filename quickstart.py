@@ -90,6 +90,10 @@ def main(arguments):
     scores = os.path.join(log_dir, "val_scores.json")
     demo_dir = os.path.join(arguments.workdir, "images", "quickstart")
 
+    if os.path.exists(model_dir):
+        # train.py refuses to overwrite a run; say so now rather than after making the data.
+        sys.exit(f"quickstart: {model_dir}/ already holds an earlier quick start; remove it and "
+                 f"{log_dir}/, or pass --run_name NAME for a new run")
     timings = {}
     started = time.time()
     timings["synthetic"] = run_step("1/5 synthetic AI Challenger data set", [

@@ -76,3 +76,14 @@ def test_predictions_are_an_aic_submission_and_scored(quickstart_run):
             assert name.startswith("human") and len(values) == 42
     scores = json.load(open(os.path.join(log_dir, "val_scores.json")))
     assert set(scores["per_threshold"]) and 0.0 <= scores["score"] <= 1.0
+
+
+def test_a_second_run_stops_at_once_without_touching_the_first(quickstart_run):
+    workdir, _ = quickstart_run
+    checkpoint = os.path.join(workdir, "models", "quickstart", "best.keras")
+    before = os.path.getmtime(checkpoint)
+    result = subprocess.run([sys.executable, "quickstart.py", "--workdir", str(workdir)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "already holds an earlier quick start" in result.stderr
+    assert os.path.getmtime(checkpoint) == before
