@@ -85,7 +85,8 @@ from tqdm import tqdm
 
 import config
 from config import JOINT_NAMES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
-from utils import atomic_path, atomic_write_json, atomic_write_text, read_image_rgb
+from utils import (atomic_path, atomic_write_json, atomic_write_text, looks_truncated,
+                   read_image_rgb)
 
 ANNOTATION_KEYS = ("image_id", "keypoint_annotations", "human_annotations")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -369,16 +370,10 @@ def scan_images(images_dir):
 
 
 def _looks_truncated(path, size):
-    """JPEG files must end with the EOI marker and PNG files with the IEND chunk (as utils)."""
-    lowered = path.lower()
+    """utils.looks_truncated on the file's last 16 bytes, read without reading the whole file."""
     with open(path, "rb") as handle:
         handle.seek(max(0, size - 16))
-        tail = handle.read()
-    if lowered.endswith((".jpg", ".jpeg")):
-        return tail[-2:] != b"\xff\xd9"
-    if lowered.endswith(".png"):
-        return b"IEND" not in tail
-    return False
+        return looks_truncated(path, handle.read())
 
 
 def inspect_image(path, full_decode=False):

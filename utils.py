@@ -71,7 +71,7 @@ def read_image_rgb(path):
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{path}: not a readable image")
-    if _looks_truncated(path, data):
+    if looks_truncated(path, data[-16:].tobytes()):
         raise ImageError(f"{path}: image file is truncated")
     if image.dtype != np.uint8:
         image = (image / (np.iinfo(image.dtype).max / 255.0)).astype(np.uint8)
@@ -82,13 +82,17 @@ def read_image_rgb(path):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _looks_truncated(path, data):
-    """JPEG files must end with the EOI marker and PNG files with the IEND chunk."""
+def looks_truncated(path, tail):
+    """True when `tail`, the file's last 16 bytes, lacks the end its extension needs.
+
+    JPEG files must end with the EOI marker FF D9 and PNG files with the IEND chunk; a file cut
+    short in a download or copy misses them. Other formats are not checked.
+    """
     lowered = path.lower()
     if lowered.endswith((".jpg", ".jpeg")):
-        return not data[-2:].tobytes() == b"\xff\xd9"
+        return tail[-2:] != b"\xff\xd9"
     if lowered.endswith(".png"):
-        return b"IEND" not in data[-16:].tobytes()
+        return b"IEND" not in tail[-16:]
     return False
 
 
