@@ -305,14 +305,15 @@ def add_config_arguments(parser):
     return parser
 
 
+def overrides_from_args(args):
+    """The Config fields given on the command line (options left out are not included)."""
+    return {key[len("cfg_"):]: value for key, value in vars(args).items()
+            if key.startswith("cfg_") and value is not None}
+
+
 def config_from_args(args):
     """Build the Config from parsed arguments: the preset, then every option given."""
-    overrides = {
-        key[len("cfg_"):]: value
-        for key, value in vars(args).items()
-        if key.startswith("cfg_") and value is not None
-    }
-    return make_config(args.preset, **overrides)
+    return make_config(args.preset, **overrides_from_args(args))
 
 
 def parse_config(argv=None, description=None):

@@ -64,8 +64,7 @@ def find_checkpoint(models_dir):
 
 def explicit_overrides(args):
     """The Config fields given on the command line (not the defaults)."""
-    overrides = {key[len("cfg_"):]: value for key, value in vars(args).items()
-                 if key.startswith("cfg_") and value is not None}
+    overrides = config.overrides_from_args(args)
     if args.flip:
         overrides["flip_test"] = True
     return overrides
@@ -77,13 +76,7 @@ def inference_config(checkpoint_cfg, overrides):
     if fixed:
         raise DemoError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only these "
                         f"settings can be changed: {', '.join(INFERENCE_FIELDS)}")
-    known = {field.name for field in dataclasses.fields(checkpoint_cfg)}
-    cfg = dataclasses.replace(checkpoint_cfg, **{key: value for key, value in overrides.items()
-                                                 if key in known})
-    for key, value in overrides.items():
-        if key not in known:
-            setattr(cfg, key, value)  # parser settings Config does not define yet
-    return cfg
+    return dataclasses.replace(checkpoint_cfg, **overrides)
 
 
 def load_network(path):

@@ -730,9 +730,7 @@ def _check_arguments(parser, args):
 
 def _inference_config(checkpoint_cfg, args):
     """The checkpoint's config with the config options given on the command line on top."""
-    overrides = {key[len("cfg_"):]: value for key, value in vars(args).items()
-                 if key.startswith("cfg_") and value is not None}
-    return dataclasses.replace(checkpoint_cfg, **overrides)
+    return dataclasses.replace(checkpoint_cfg, **config.overrides_from_args(args))
 
 
 def run_submit(args):

@@ -33,7 +33,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -163,14 +163,6 @@ def connectivity_ceiling(references, min_parts):
     return evaluate.aic_map(predictions, references)
 
 
-def variant(cfg, overrides):
-    """A copy of cfg with fields set, including parser fields Config may not define yet."""
-    changed = copy.copy(cfg)
-    for name, value in overrides.items():
-        setattr(changed, name, value)
-    return changed
-
-
 def summary(result):
     keys = ("score", "ap50", "ap75", "num_gt", "num_pred", "missed_people", "spurious_people")
     return {key: result[key] for key in keys}
@@ -213,7 +205,7 @@ def main(argv=None):
     rendered, render_ms = render_all(references, cfg)
     result = oracle_score(rendered, references, cfg)
     ablations = [] if args.no_ablations else [
-        (name, oracle_score(rendered, references, variant(cfg, overrides)))
+        (name, oracle_score(rendered, references, dataclasses.replace(cfg, **overrides)))
         for name, overrides in ABLATIONS]
     ceiling = connectivity_ceiling(references, cfg.min_parts)
     timing = time_parsing(rendered, cfg, max(args.repeats, 1))
