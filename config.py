@@ -133,6 +133,7 @@ class Config:
     stage_convs: int = 5  # Number of k x k convolutions in stages 2..T.
     backbone_weights: str = "imagenet"  # imagenet | PATH to saved VGG19 weights | none.
     batch_norm: bool = False  # Batch normalisation after hidden convolutions (not in the paper).
+    input_normalization: str = "openpose"  # openpose: (BGR-128)/256 | imagenet: BGR-mean.
 
     # Targets.
     heatmap_sigma: float = 7.0  # Gaussian sigma of the confidence maps, in input pixels.
@@ -147,6 +148,7 @@ class Config:
     flip_probability: float = 0.5  # Chance of a horizontal flip that swaps left and right.
     color_jitter: float = 0.1  # Strength of random brightness/contrast/saturation changes.
     pad_value: int = 128  # Grey used where the crop falls outside the image.
+    ignore_padding: bool = False  # Loss ignores cells over padding (the original counts them).
 
     # Optimisation.
     batch_size: int = 10  # Global batch size (split across replicas).
@@ -218,6 +220,7 @@ PRESETS = {
         scale_max=1.5,
         max_rotation=30.0,
         center_jitter=16.0,
+        ignore_padding=True,
         batch_size=8,
         optimizer="adam",
         learning_rate=1e-3,
@@ -237,6 +240,10 @@ PRESETS = {
         flip_test=True,
     ),
 }
+
+
+# What a saved config without an input_normalization field was trained with.
+LEGACY_INPUT_NORMALIZATION = "imagenet"
 
 
 def make_config(preset="paper", **overrides):
@@ -341,6 +348,8 @@ def load_config(path):
         raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
     values = {key: tuple(value) if isinstance(value, list) else value
               for key, value in values.items()}
+    # Runs saved before input_normalization existed all fed the network ImageNet-mean inputs.
+    values.setdefault("input_normalization", LEGACY_INPUT_NORMALIZATION)
     return Config(**values)
 
 

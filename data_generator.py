@@ -15,9 +15,12 @@ Samples
     [scale_min, scale_max]), a rotation of +-max_rotation degrees, a crop of input_size centred on
     the person with +-center_jitter pixels of jitter, and a horizontal flip that swaps left and
     right joints (config.FLIP_JOINTS). An image without annotated people is centred and fitted
-    into the crop instead. Keypoints go through the same matrix; the ones that leave
-    the crop become unlabelled (v = 3, x = y = 0) and make no targets, as in the original
-    implementation. Mild colour jitter (brightness, contrast, saturation, each a factor in
+    into the crop instead. Keypoints go through the same matrix and keep their label when they
+    leave the crop, as the original's data layer keeps them: a joint a few pixels outside still
+    lights the edge cells with its Gaussian's tail, and a limb that crosses the border still
+    has its PAF on the cells inside the crop along it. (Dropping them would teach the network
+    that a wrist just past the border leaves no trace on the cells next to it.) Mild colour
+    jitter (brightness, contrast, saturation, each a factor in
     1 +- color_jitter) is applied after the warp, so the grey padding is jittered too; the loss
     ignores padding anyway. Validation: the whole image is resized (INTER_AREA) to fit
     input_size and padded at the bottom/right (a letterbox with its origin at the top left, so
@@ -28,8 +31,9 @@ Samples
     decode, and less aliased than shrinking with a bilinear warp.
 
 Loss mask (grid resolution, 1 = the loss counts, 0 = ignored)
-    * Padding: cells whose input pixel maps outside the source image. The network cannot see
-      anything there, and we do not want it to learn that grey borders mean "no people".
+    * Padding, when ``cfg.ignore_padding`` (the ``cpu`` preset): cells whose input pixel maps
+      outside the source image, since the network cannot see anything there. The original
+      counts them (zero targets on grey), and so does the ``paper`` preset.
     * Unannotated people: AI Challenger has no crowd regions and no segmentation masks, but a
       box may come without a single labelled joint. Such a person is in the picture yet makes no
       targets, so the loss would punish the network for seeing them; we zero the cells inside
@@ -111,8 +115,9 @@ def labelled_joints(keypoints):
 def render_heatmaps(keypoints, grid_shape, stride, sigma):
     """Confidence maps of the labelled joints: float32 (rows, cols, NUM_HEATMAPS).
 
-    keypoints: (P, 14, 3) (x, y, v) in input pixels. Channel j holds max over people of
-    exp(-d^2 / 2 sigma^2), d the pixel distance from the cell's pixel (grid convention in the
+    keypoints: (P, 14, 3) (x, y, v) in input pixels, inside the grid's extent or not (a joint
+    outside still lights the cells within reach of its Gaussian). Channel j holds max over
+    people of exp(-d^2 / 2 sigma^2), d the pixel distance from the cell's pixel (grid convention in the
     module docstring) to joint j; the last channel is 1 - max over the joint channels.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
@@ -129,8 +134,10 @@ def render_heatmaps(keypoints, grid_shape, stride, sigma):
         # The Gaussian is separable: one row and one column of exp() per joint, then an outer
         # product laid out channel-last (P, rows, cols, 14), so the max over people is a plain
         # contiguous reduction.
-        along_x = np.exp(-((xs[None, :, None] - points[..., 0]) ** 2) / (2.0 * sigma * sigma))
-        along_y = np.exp(-((ys[None, :, None] - points[..., 1]) ** 2) / (2.0 * sigma * sigma))
+        # Joints far outside the crop may square to inf; exp(-inf) = 0 is the right value.
+        with np.errstate(over="ignore"):
+            along_x = np.exp(-((xs[None, :, None] - points[..., 0]) ** 2) / (2 * sigma * sigma))
+            along_y = np.exp(-((ys[None, :, None] - points[..., 1]) ** 2) / (2 * sigma * sigma))
         along_x = (along_x * weight).astype(np.float32)
         gaussians = along_y.astype(np.float32)[:, :, None, :] * along_x[:, None, :, :]
         heatmaps[:, :, :NUM_JOINTS] = gaussians.max(axis=0)
@@ -141,7 +148,8 @@ def render_heatmaps(keypoints, grid_shape, stride, sigma):
 def render_pafs(keypoints, grid_shape, stride, paf_width):
     """Part affinity fields: float32 (rows, cols, 2 * NUM_LIMBS), channels (2k, 2k+1) = (x, y).
 
-    keypoints: (P, 14, 3) (x, y, v) in input pixels. Working in grid units (cell (r, c) sits at
+    keypoints: (P, 14, 3) (x, y, v) in input pixels; a limb with one or both ends outside the
+    grid draws on the grid cells along it. Working in grid units (cell (r, c) sits at
     (c, r)), a cell is on limb k = (a, b) of a person when its projection onto a->b lies within
     the segment and its distance from the line is <= paf_width; there the field is the unit
     vector a->b. Overlapping people are averaged by the number of people on the cell.
@@ -376,16 +384,17 @@ def letterbox_transform(cfg, width, height):
     return matrix, new_size
 
 
-def transform_keypoints(keypoints, matrix, flipped, input_size):
-    """Apply `matrix` to keypoints (P, 14, 3); swap left/right joints if flipped.
+def transform_keypoints(keypoints, matrix, flipped):
+    """Apply `matrix` to keypoints (P, 14, 3) of (x, y, v); swap left/right joints if flipped.
 
-    Joints that land outside the input_size square (or were unlabelled) come back as
-    (0, 0, 3). Returns a new float64 array.
+    Labelled joints keep their v wherever they land, inside the crop or not (see the module
+    docstring: their targets reach into the crop); unlabelled ones, and any that land on a
+    non-finite position, come back as (0, 0, 3). Returns a new float64 array.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_JOINTS, 3)
-    points = keypoints[..., :2] @ matrix[:2, :2].T + matrix[:2, 2]
-    inside = ((points >= -0.5) & (points <= input_size - 0.5)).all(axis=-1)
-    keep = labelled_joints(keypoints) & inside
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = keypoints[..., :2] @ matrix[:2, :2].T + matrix[:2, 2]
+    keep = labelled_joints(keypoints) & np.isfinite(points).all(axis=-1)
     result = np.zeros_like(keypoints)
     result[..., :2] = np.where(keep[..., None], points, 0.0)
     result[..., 2] = np.where(keep, keypoints[..., 2], config.UNLABELLED)
@@ -395,21 +404,26 @@ def transform_keypoints(keypoints, matrix, flipped, input_size):
     return result
 
 
-def loss_mask(matrix, width, height, grid_shape, stride, masked_boxes):
-    """float32 (rows, cols, 1): 0 on cells over padding or inside a masked box, else 1.
+def loss_mask(matrix, width, height, grid_shape, stride, masked_boxes, ignore_padding=True):
+    """float32 (rows, cols, 1): 0 on cells inside a masked box, and on cells over padding when
+    ignore_padding; else 1.
 
-    matrix: 3x3 source->input pixels; masked_boxes: (K, 4) source-pixel boxes to ignore.
+    matrix: 3x3 source->input pixels; masked_boxes: (K, 4) source-pixel boxes to ignore. The
+    original counts padding (its miss-mask is padded with "keep"), so ignore_padding=False is
+    the paper preset's; see the module docstring.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     offset = (stride - 1) / 2.0
-    grid_x, grid_y = np.meshgrid(np.arange(cols) * stride + offset,
-                                 np.arange(rows) * stride + offset)
-    inverse = np.linalg.inv(matrix)
-    source_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]
-    source_y = inverse[1, 0] * grid_x + inverse[1, 1] * grid_y + inverse[1, 2]
-    inside = ((source_x >= -0.5) & (source_x <= width - 0.5) &
-              (source_y >= -0.5) & (source_y <= height - 0.5))
-    mask = inside.astype(np.float32)
+    mask = np.ones((rows, cols), np.float32)
+    if ignore_padding:
+        grid_x, grid_y = np.meshgrid(np.arange(cols) * stride + offset,
+                                     np.arange(rows) * stride + offset)
+        inverse = np.linalg.inv(matrix)
+        source_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]
+        source_y = inverse[1, 0] * grid_x + inverse[1, 1] * grid_y + inverse[1, 2]
+        inside = ((source_x >= -0.5) & (source_x <= width - 0.5) &
+                  (source_y >= -0.5) & (source_y <= height - 0.5))
+        mask = inside.astype(np.float32)
     for x1, y1, x2, y2 in np.asarray(masked_boxes, dtype=np.float64).reshape(-1, 4):
         corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
         cells = (corners @ matrix[:2, :2].T + matrix[:2, 2] - offset) / stride
@@ -549,10 +563,11 @@ def make_sample(cfg, path, size, keypoints, boxes, training, rng):
 def sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height):
     """Targets of one sample given its transform: heatmaps, pafs, mask and keypoints."""
     grid = (cfg.input_size // cfg.stride, cfg.input_size // cfg.stride)
-    moved = transform_keypoints(keypoints, matrix, flipped, cfg.input_size)
+    moved = transform_keypoints(keypoints, matrix, flipped)
     heatmaps, pafs = render_targets(moved, grid, cfg.stride, cfg.heatmap_sigma, cfg.paf_width)
     hidden_people = unannotated_boxes(keypoints, boxes, width, height)
-    mask = loss_mask(matrix, width, height, grid, cfg.stride, hidden_people)
+    mask = loss_mask(matrix, width, height, grid, cfg.stride, hidden_people,
+                     cfg.ignore_padding)
     return dict(heatmaps=heatmaps, pafs=pafs, mask=mask, keypoints=moved)
 
 

@@ -1,9 +1,20 @@
 """The OpenPose network of Cao et al. (CVPR 2017): a VGG19 front end and T two-branch stages.
 
 ``build_model(cfg)`` returns a Keras Functional model. Its input is a float32 RGB image batch
-(B, H, W, 3) with values 0..255 and any H, W divisible by ``cfg.stride``; the model does the VGG
-"caffe" normalisation (RGB -> BGR, minus the ImageNet mean) itself, so ImageNet VGG19 weights are
-meaningful and callers never normalise. Its outputs are the list
+(B, H, W, 3) with values 0..255 and any H, W divisible by ``cfg.stride``; the model normalises
+its input itself (layer ``input_normalization``), so callers never do. The pixels are flipped
+to BGR, VGG's channel order, and then, by ``cfg.input_normalization``:
+
+* ``openpose`` (the ``paper`` preset): (BGR - 128) / 256, what the original's Caffe data layer
+  fed its ImageNet VGG19 and what the Keras ports (x / 256 - 0.5) feed theirs. The features
+  are then about 256 times smaller than VGG was trained with; the original's SGD learning rate
+  (4e-5), its N(0, 0.01) head initialisation and its summed Euclidean loss were tuned for
+  features that small. ``benchmarks/bench_recipe.py`` measures what happens otherwise.
+* ``imagenet``: BGR minus the ImageNet mean at 0..255 scale (keras.applications' "caffe" mode),
+  the scale the ImageNet weights were trained at. With the paper's SGD recipe at 368x368 this
+  diverges within a few steps; it is kept for other optimisers and learning rates.
+
+ImageNet VGG19 weights are loaded the same way under both. Its outputs are the list
 
     [stage1_pafs, stage1_heatmaps, stage2_pafs, stage2_heatmaps, ..., stageT_pafs, stageT_heatmaps]
 
@@ -30,19 +41,20 @@ Initialisation (biases start at zero; every layer has its own seed derived from 
 so the same Config always builds the same weights):
 
 * With a pretrained backbone (``backbone_weights`` imagenet or a file), the layers after it
-  (CPM and all stages) are drawn from N(0, 0.01) as in the original. VGG's activations are
-  large, and these small weights keep the first predictions near zero; it is the set-up that
-  the paper's SGD learning rate of 4e-5 was tuned with.
+  (CPM and all stages) are drawn from N(0, 0.01) as in the original.
 * Trained from scratch (``backbone_weights`` none, the ``cpu`` preset), every hidden (ReLU)
   convolution is He-normal so that signals keep their scale through 20+ layers; conv1_1's
-  weights are further divided by 58 (ImageNet's pixel spread in 0..255 units), because it sees
-  mean-subtracted pixels rather than unit-scale inputs. Without that, activations start about
-  60 times too large and the first losses are in the millions.
+  weights are further divided by the spread of the normalised pixels it sees (about 58 under
+  ``imagenet``, 58 / 256 under ``openpose``; see ``input_spread``), so that its activations
+  start near unit scale whichever normalisation is chosen.
 * Each stage's last 1x1 convolution is N(0, 0.01) in both cases, so the untrained network
   predicts nearly-zero maps.
 
-``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read files
-(the weights file or checkpoint the user names); ``build_model`` does no I/O.
+The loss (``masked_l2``, ``stage_losses``) and the original's per-layer learning-rate
+multipliers (``learning_rate_multiplier``) are here too, in keras.ops, so that every Keras
+backend trains the network the same way (train.py on TensorFlow, benchmarks/bench_jax.py on
+JAX). ``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read
+files (the weights file or checkpoint the user names); ``build_model`` does no I/O.
 """
 
 from __future__ import annotations
@@ -58,6 +70,13 @@ from config import NUM_HEATMAPS, NUM_PAFS
 
 # ImageNet mean in BGR order, as subtracted by keras.applications' "caffe" preprocessing.
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+# The original's normalisation, (BGR - OPENPOSE_CENTRE) / OPENPOSE_DIVISOR.
+OPENPOSE_CENTRE, OPENPOSE_DIVISOR = 128.0, 256.0
+# Shift and divisor per channel (BGR) of each input normalisation: x' = (x - shift) / divisor.
+INPUT_NORMALIZATIONS = {
+    "openpose": ((OPENPOSE_CENTRE,) * 3, OPENPOSE_DIVISOR),
+    "imagenet": (IMAGENET_MEAN_BGR, 1.0),
+}
 # VGG19's real widths for conv1_1 .. conv4_2; ImageNet weights only fit these.
 VGG19_CHANNELS = (64, 128, 256, 512)
 # Convolutions per VGG block that the model uses (block4 stops at conv4_2).
@@ -67,30 +86,50 @@ BACKBONE_LAYER_NAMES = tuple(
     for block, count in enumerate(VGG_BLOCK_CONVS) for index in range(count)
 )
 # Spread (standard deviation) of ImageNet pixel values in 0..255 units, about 58 per channel.
-INPUT_SPREAD = 58.0
+PIXEL_SPREAD = 58.0
 VGG19_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
                    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
 BRANCHES = (("L1", NUM_PAFS), ("L2", NUM_HEATMAPS))
 
 
-@keras.saving.register_keras_serializable(package="openpose")
-class CaffePreprocess(layers.Layer):
-    """RGB 0..255 -> BGR minus the ImageNet mean, VGG's "caffe" input convention.
+def check_input_normalization(name):
+    """Return `name` when it is a known input normalisation, else raise ValueError."""
+    if name not in INPUT_NORMALIZATIONS:
+        raise ValueError(f"input_normalization must be one of {sorted(INPUT_NORMALIZATIONS)}, "
+                         f"got {name!r}")
+    return name
 
-    It computes in float32 whatever the global policy, so the mean is subtracted exactly;
-    conv1_1 then casts to its own compute dtype.
+
+def input_spread(normalization):
+    """Standard deviation of natural-image pixels after `normalization` (58 / divisor)."""
+    return PIXEL_SPREAD / INPUT_NORMALIZATIONS[check_input_normalization(normalization)][1]
+
+
+@keras.saving.register_keras_serializable(package="openpose")
+class InputNormalization(layers.Layer):
+    """RGB 0..255 -> BGR, then (x - shift) / divisor of the chosen normalisation.
+
+    ``mode``: "openpose" ((BGR - 128) / 256) or "imagenet" (BGR - ImageNet mean); see the module
+    docstring. It computes in float32 whatever the global policy, so the shift is exact; conv1_1
+    then casts to its own compute dtype.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, mode="openpose", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.mode = check_input_normalization(mode)
 
     def call(self, images):
-        mean = keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, dtype=images.dtype)
-        return keras.ops.flip(images, axis=-1) - mean
+        shift, divisor = INPUT_NORMALIZATIONS[self.mode]
+        shift = keras.ops.convert_to_tensor(shift, dtype=images.dtype)
+        centred = keras.ops.flip(images, axis=-1) - shift
+        return centred if divisor == 1.0 else centred * (1.0 / divisor)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), mode=self.mode)
 
 
 class _LayerFactory:
@@ -101,20 +140,21 @@ class _LayerFactory:
     docstring). Output convolutions are N(0, 0.01) either way.
     """
 
-    def __init__(self, seed, pretrained, batch_norm=False):
+    def __init__(self, seed, pretrained, batch_norm=False, spread=PIXEL_SPREAD):
         self.seed = int(seed) * 1000
         self.count = 0
         self.pretrained = pretrained
         self.batch_norm = batch_norm
+        self.spread = float(spread)
 
     def initializer(self, role):
         self.count += 1
         seed = self.seed + self.count
         if role == "output" or (role == "head" and self.pretrained):
             return keras.initializers.RandomNormal(stddev=0.01, seed=seed)
-        # conv1_1 sees mean-subtracted pixels whose spread is about INPUT_SPREAD rather than 1,
-        # so its weights are that much smaller and activations start near unit scale.
-        scale = 2.0 / INPUT_SPREAD ** 2 if role == "first" else 2.0
+        # conv1_1 sees normalised pixels whose spread is `spread` rather than 1, so its weights
+        # are that much smaller (or larger) and its activations start near unit scale.
+        scale = 2.0 / self.spread ** 2 if role == "first" else 2.0
         return keras.initializers.VarianceScaling(scale=scale, mode="fan_in",
                                                   distribution="truncated_normal", seed=seed)
 
@@ -161,7 +201,7 @@ def _pool_count(stride):
 
 def _backbone(images, cfg, factory):
     """VGG19 conv1_1 .. conv4_2 and the two CPM convolutions; returns the feature map."""
-    x = CaffePreprocess(name="caffe_preprocess")(images)
+    x = InputNormalization(cfg.input_normalization, name="input_normalization")(images)
     pools = _pool_count(cfg.stride)
     for block, (width, count) in enumerate(zip(backbone_widths(cfg), VGG_BLOCK_CONVS)):
         for index in range(count):
@@ -202,7 +242,8 @@ def build_model(cfg=None):
     if cfg.stages < 1:
         raise ValueError(f"stages must be at least 1, got {cfg.stages}")
     factory = _LayerFactory(cfg.seed, pretrained=uses_pretrained_backbone(cfg),
-                            batch_norm=cfg.batch_norm)
+                            batch_norm=cfg.batch_norm,
+                            spread=input_spread(cfg.input_normalization))
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
     features = _backbone(images, cfg, factory)
     previous = [_stage_one_branch(features, cfg, factory, branch, channels)
@@ -227,6 +268,42 @@ def stage_of_layer(name):
     if name.startswith("Mconv") and "_stage" in name:
         return int(name.split("_stage", 1)[1].split("_", 1)[0])
     return 1
+
+
+def learning_rate_multiplier(variable_path, stage_multiplier, bias_multiplier):
+    """The original's Caffe lr_mult of the variable at `variable_path` (e.g.
+    "Mconv1_stage2_L1/bias"): stage_multiplier in stages 2..T, times bias_multiplier for biases."""
+    stage = max(stage_of_layer(part) for part in variable_path.split("/"))
+    factor = stage_multiplier if stage >= 2 else 1.0
+    if variable_path.endswith("bias"):
+        factor *= bias_multiplier
+    return float(factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss, in keras.ops so that every Keras backend trains with the same one
+# ---------------------------------------------------------------------------------------------
+def masked_l2(prediction, target, mask):
+    """Caffe's Euclidean loss on the cells where mask is 1: sum(mask*(p-t)^2) / batch / 2.
+
+    prediction, target: (B, rows, cols, C); mask: (B, rows, cols, 1), broadcast over C. The
+    sum (not a mean) over cells is the original's: its gradient grows with the grid's size,
+    which is what the paper's learning rate was tuned for.
+    """
+    ops = keras.ops
+    prediction = ops.cast(prediction, "float32")
+    batch = ops.cast(ops.shape(prediction)[0], "float32")
+    squared = ops.square(prediction - ops.cast(target, "float32")) * ops.cast(mask, "float32")
+    return ops.sum(squared) / batch / 2.0
+
+
+def stage_losses(outputs, targets):
+    """[(paf_loss, heatmap_loss) per stage] of the model's output list and a target dict of
+    "pafs", "heatmaps" and "mask" (see masked_l2 for the shapes)."""
+    mask = targets["mask"]
+    return [(masked_l2(outputs[index], targets["pafs"], mask),
+             masked_l2(outputs[index + 1], targets["heatmaps"], mask))
+            for index in range(0, len(outputs), 2)]
 
 
 def _source_vgg19(source):

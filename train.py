@@ -76,6 +76,7 @@ import numpy as np
 import tensorflow as tf
 
 import config as config_module
+import model as model_module
 import utils
 from config import NUM_HEATMAPS, NUM_JOINTS, NUM_PAFS
 
@@ -84,7 +85,7 @@ STATE_PATTERN = "state-{step:09d}.weights.h5"
 # Fields that must not change when a run is resumed, since the saved state depends on them.
 RESUME_FIXED_FIELDS = ("stride", "stages", "backbone_channels", "cpm_channels", "stage_channels",
                        "stage1_kernel", "stage1_hidden", "stage_kernel", "stage_convs",
-                       "optimizer", "mixed_precision")
+                       "batch_norm", "input_normalization", "optimizer", "mixed_precision")
 # Validation samples drawn in TensorBoard.
 IMAGE_SAMPLES = 3
 # ReduceLROnPlateau divides the learning rate by this (the config's "lr/3").
@@ -94,23 +95,10 @@ PLATEAU_DIVISOR = 3.0
 # ---------------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------------
-def masked_l2(prediction, target, mask):
-    """Caffe's Euclidean loss on the cells where mask is 1: sum(mask*(p-t)^2) / batch / 2.
-
-    prediction, target: (B, rows, cols, C); mask: (B, rows, cols, 1), broadcast over C.
-    """
-    prediction = tf.cast(prediction, tf.float32)
-    batch = tf.cast(tf.shape(prediction)[0], tf.float32)
-    squared = tf.square(prediction - tf.cast(target, tf.float32)) * tf.cast(mask, tf.float32)
-    return tf.reduce_sum(squared) / batch / 2.0
-
-
-def stage_losses(outputs, targets):
-    """[(paf_loss, heatmap_loss) per stage] for the model's output list and a target dict."""
-    mask = targets["mask"]
-    return [(masked_l2(outputs[index], targets["pafs"], mask),
-             masked_l2(outputs[index + 1], targets["heatmaps"], mask))
-            for index in range(0, len(outputs), 2)]
+# masked_l2 and stage_losses live in model.py, written in keras.ops, so that any Keras backend
+# (the JAX benchmarks on a GPU, too) trains with the same loss; train.py re-exports them.
+masked_l2 = model_module.masked_l2
+stage_losses = model_module.stage_losses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +170,7 @@ class PoseTrainer(keras.Model):
         return 0.5 * self.l2_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
 
     def train_step(self, data):
-        images, targets = data
+        images, targets = data[:2]  # train_on_batch adds a sample-weight slot
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape:
             total, parts = self._compute_losses(images, targets, training=True)
@@ -204,7 +192,7 @@ class PoseTrainer(keras.Model):
         return self._reducible(logs)
 
     def test_step(self, data):
-        images, targets = data
+        images, targets = data[:2]  # train_on_batch adds a sample-weight slot
         total, parts = self._compute_losses(images, targets, training=False)
         return self._reducible(self._update_trackers(total, parts, tf.shape(images)[0]))
 
@@ -219,14 +207,9 @@ def _is_bias(variable):
 
 def learning_rate_factor(variable, cfg):
     """The Caffe lr_mult of a variable: stage_lr_multiplier in stages 2..T, times
-    bias_lr_multiplier for biases."""
-    from model import stage_of_layer
-
-    stage = max(stage_of_layer(part) for part in variable.path.split("/"))
-    factor = cfg.stage_lr_multiplier if stage >= 2 else 1.0
-    if _is_bias(variable):
-        factor *= cfg.bias_lr_multiplier
-    return float(factor)
+    bias_lr_multiplier for biases (model.learning_rate_multiplier)."""
+    return model_module.learning_rate_multiplier(variable.path, cfg.stage_lr_multiplier,
+                                                 cfg.bias_lr_multiplier)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -800,8 +783,6 @@ def fit_phases(state, steps_per_epoch, epochs):
 
 
 def _build(cfg, strategy, state, resumed, model_dir):
-    import model as model_module
-
     with strategy.scope():
         network = model_module.build_model(cfg)
         trainer, schedule = make_trainer(cfg, network)

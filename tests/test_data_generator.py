@@ -199,7 +199,7 @@ def test_flip_mirrors_and_swaps_left_and_right():
     matrix, flipped = dg.training_transform(cfg, keypoints, boxes, 100, 100,
                                             np.random.default_rng(0))
     assert flipped
-    moved = dg.transform_keypoints(keypoints, matrix, flipped, cfg.input_size)
+    moved = dg.transform_keypoints(keypoints, matrix, flipped)
     # The right shoulder (image-left, x=40) becomes the left shoulder on the image's right side.
     assert moved[0, 3, 0] > moved[0, 0, 0]
     centre = (cfg.input_size - 1) / 2
@@ -209,18 +209,45 @@ def test_flip_mirrors_and_swaps_left_and_right():
     assert moved[0, 12, 0] == pytest.approx(centre) and moved[0, 12, 2] == 1
 
 
-def test_points_leaving_the_crop_become_unlabelled():
+def test_points_leaving_the_crop_keep_their_label_and_position():
     cfg = tiny_cfg(input_size=32, max_rotation=0, center_jitter=0, scale_min=1, scale_max=1,
                    flip_probability=0.0)
     keypoints = people({13: (50, 50), 12: (50, 40), 8: (400, 50, 2)})
     boxes = np.array([[40.0, 35.0, 60.0, 65.0]])
     matrix, flipped = dg.training_transform(cfg, keypoints, boxes, 500, 100,
                                             np.random.default_rng(0))
-    moved = dg.transform_keypoints(keypoints, matrix, flipped, cfg.input_size)
-    assert moved[0, 8].tolist() == [0.0, 0.0, config.UNLABELLED]
+    moved = dg.transform_keypoints(keypoints, matrix, flipped)
+    expected = matrix[:2, :2] @ np.array([400.0, 50.0]) + matrix[:2, 2]
+    assert moved[0, 8, 2] == 2 and moved[0, 8, 0] > 31
+    np.testing.assert_allclose(moved[0, 8, :2], expected)
     assert moved[0, 13, 2] == 1 and 0 <= moved[0, 13, 0] <= 31
-    heatmaps, _ = dg.render_targets(moved, (8, 8), 4, 2.0, 1.0)
-    assert not heatmaps[:, :, 8].any() and heatmaps[:, :, 13].max() > 0.3
+    assert moved[0, 0].tolist() == [0.0, 0.0, config.UNLABELLED]
+
+
+def test_joint_just_outside_the_crop_lights_the_edge_cell_with_its_tail():
+    # Grid 6 x 6 at stride 4: the last column's cells sit at x = 5 * 4 + 1.5 = 21.5. A joint
+    # 3 px right of the crop's edge pixel 23 is at x = 26, 4.5 px from that column.
+    stride, sigma = 4, 2.0
+    joint = (26.0, cell_pixel(2, 5, stride)[1])
+    heatmaps, _ = dg.render_targets(people({13: joint}), (6, 6), stride, sigma, 1.0)
+    assert heatmaps[2, 5, 13] == pytest.approx(np.exp(-4.5 ** 2 / (2 * sigma ** 2)), rel=1e-6)
+    assert heatmaps[2, 4, 13] == pytest.approx(np.exp(-8.5 ** 2 / (2 * sigma ** 2)), rel=1e-5)
+    assert heatmaps[2, 5, J] == pytest.approx(1 - heatmaps[2, 5, 13])
+
+
+def test_limb_from_inside_to_outside_the_crop_has_unit_vectors_on_its_inside_cells():
+    stride = 4
+    neck = cell_pixel(3, 2, stride)  # inside, row 3 column 2
+    head = (cell_pixel(3, 2, stride)[0] + 40 * stride, neck[1])  # 40 cells to the right
+    _, pafs = dg.render_targets(people({13: neck, 12: head}), (7, 7), stride, 2.0, 0.5)
+    cx, cy = limb_channels((13, 12))
+    np.testing.assert_allclose(pafs[3, 2:, cx], 1.0)  # from the neck to the crop's edge
+    np.testing.assert_allclose(pafs[3, 2:, cy], 0.0, atol=1e-7)
+    assert not pafs[3, :2, cx].any() and not pafs[[0, 1, 2, 4, 5, 6], :, cx].any()
+    # Both ends outside, the limb crossing the crop: still drawn on the cells it crosses.
+    left, right = (-30.0, neck[1]), (200.0, neck[1])
+    _, crossing = dg.render_targets(people({13: left, 12: right}), (7, 7), stride, 2.0, 0.5)
+    np.testing.assert_allclose(crossing[3, :, cx], 1.0)
 
 
 def test_mask_zeroes_padding_and_unannotated_people():
@@ -231,6 +258,9 @@ def test_mask_zeroes_padding_and_unannotated_people():
     mask = dg.loss_mask(matrix, 200, 50, (8, 8), 4, np.zeros((0, 4)))
     assert mask.shape == (8, 8, 1)
     assert mask[:2].min() == 1 and mask[2:].max() == 0
+    # The original (and the paper preset) lets the loss see the padding.
+    assert dg.loss_mask(matrix, 200, 50, (8, 8), 4, np.zeros((0, 4)), False).min() == 1
+    assert not config.Config().ignore_padding and config.make_config("cpu").ignore_padding
     # A person with a box and no labelled joint is masked inside that box only.
     keypoints = np.concatenate([people({0: (10, 10)}), people({})])
     boxes = np.array([[0, 0, 20, 20], [100, 0, 150, 5e30]], dtype=float)

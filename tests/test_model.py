@@ -117,12 +117,28 @@ def test_invalid_geometry_is_rejected():
         model.build_model(tiny_config(backbone_channels=(8, 8, 8, 8, 8)))
 
 
-def test_caffe_preprocessing_flips_to_bgr_and_subtracts_the_mean():
+@pytest.mark.parametrize("mode, expected", [
+    ("imagenet", [[30 - 103.939, 20 - 116.779, 10 - 123.68],
+                  [128 - 103.939, 0 - 116.779, 255 - 123.68]]),
+    ("openpose", [[(30 - 128) / 256, (20 - 128) / 256, (10 - 128) / 256],
+                  [0.0, -0.5, (255 - 128) / 256]]),
+])
+def test_input_normalization_flips_to_bgr_then_shifts_and_scales(mode, expected):
     images = np.array([[[[10.0, 20.0, 30.0], [255.0, 0.0, 128.0]]]], np.float32)
-    result = np.asarray(model.CaffePreprocess()(images))
-    expected = np.array([[[[30 - 103.939, 20 - 116.779, 10 - 123.68],
-                           [128 - 103.939, 0 - 116.779, 255 - 123.68]]]], np.float32)
-    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-4)
+    result = np.asarray(model.InputNormalization(mode)(images))
+    np.testing.assert_allclose(result, np.array([[expected]], np.float32), rtol=0, atol=1e-4)
+
+
+def test_input_normalization_is_the_configs_and_survives_saving(tmp_path):
+    network = model.build_model(tiny_config(input_normalization="openpose"))
+    assert network.get_layer("input_normalization").mode == "openpose"
+    path = str(tmp_path / "net.keras")
+    network.save(path)
+    import keras
+
+    assert keras.models.load_model(path).get_layer("input_normalization").mode == "openpose"
+    with pytest.raises(ValueError, match="input_normalization"):
+        model.build_model(tiny_config(input_normalization="torch"))
 
 
 def test_outputs_are_float32_under_mixed_precision():
@@ -161,9 +177,17 @@ def test_initialisation_follows_the_backbone_choice():
     # ...the original's N(0, 0.01) after a pretrained backbone.
     assert pretrained.get_layer("conv5_2_CPM_L1").kernel.numpy().std() == pytest.approx(0.01,
                                                                                         rel=0.15)
-    # conv1_1 is scaled down by the pixel spread so activations start near unit scale.
-    first = scratch.get_layer("conv1_1").kernel.numpy().std()
-    assert first == pytest.approx(0.88 * np.sqrt(2 / 27) / model.INPUT_SPREAD, rel=0.3)
+    # conv1_1 is scaled by the spread of the normalised pixels, so activations start near unit
+    # scale: 58 under imagenet, 58 / 256 under openpose.
+    for mode, spread in (("imagenet", 58.0), ("openpose", 58.0 / 256)):
+        network = model.build_model(tiny_config(stage_channels=64, input_normalization=mode))
+        first = network.get_layer("conv1_1").kernel.numpy().std()
+        assert first == pytest.approx(0.88 * np.sqrt(2 / 27) / spread, rel=0.3)
+        pixels = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+        normalised = network.get_layer("input_normalization")(pixels)
+        activations = np.asarray(network.get_layer("conv1_1").convolution_op(
+            normalised, network.get_layer("conv1_1").kernel))
+        assert 0.2 < activations.std() < 5.0
     assert scratch.get_layer("conv2_1").kernel.numpy().std() == pytest.approx(
         0.88 * np.sqrt(2 / fan_in), rel=0.15)
 
