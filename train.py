@@ -4,10 +4,17 @@
     python train.py --preset paper --backbone_weights imagenet
     python train.py --preset cpu --resume              # continue models/cpu/ where it stopped
 
+The pieces of a run (strategy, this worker's role and folders, run state, network, trainer,
+schedule, step counts) are one ``Run``; ``train(cfg)`` opens it, builds it and fits it.
+Messages go through ``logging`` (the CLI prints them as ``train.py: ...``); expected failures
+raise ``TrainError`` or ``model.CheckpointError``, which the CLI prints as one line before
+exiting with status 2.
+
 Loss
-    Caffe's Euclidean loss of the original on every stage and both branches, summed:
-    sum(mask * (prediction - target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast
-    over the channels. Each stage's PAF and heatmap losses and the two branch totals are logged.
+    Caffe's Euclidean loss of the original on every stage and both branches, summed
+    (model.masked_l2 and model.stage_losses, in keras.ops): sum(mask * (prediction -
+    target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast over the channels. Each
+    stage's PAF and heatmap losses and the two branch totals are logged.
 
 Optimiser
     SGD with momentum (paper), Adam or AdamW with a step-decay schedule
@@ -25,9 +32,12 @@ Safety
     training stops with a message, and no checkpoint is written after it, so models/<run>/ keeps
     the last finite weights (with mixed float16 the loss-scale optimiser skips such steps
     itself and only a non-finite loss stops the run). max_train_minutes stops cleanly and saves.
+    Before each checkpoint the free space is checked; a full disk (or a failed write) stops the
+    run with one line and keeps the last good checkpoint.
 
 Outputs (the chief worker only)
-    models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser)
+    models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser,
+                                 the run's config stored inside: model.embed_config)
     models/<run>/best.keras      the network with the lowest validation loss so far
     models/<run>/config.json     the resolved config (model.load_checkpoint reads it)
     models/<run>/state-<step>.weights.h5  network + optimiser state for --resume
@@ -45,7 +55,9 @@ Resume (--resume)
     iteration count, hence the learning-rate schedule) from the state file named in last.json,
     and continues at the same global step: the rest of an interrupted epoch first, then whole
     epochs up to --epochs. The training stream is reshuffled with seed + step, so a resumed run
-    does not replay the images it saw right after its start.
+    does not replay the images it saw right after its start. Fields whose config role is
+    architecture or training_state (config.py) must not change: a changed one is refused with
+    one line naming it. Every variable must come from the state file (model.check_fully_loaded).
 
 Distribution (--strategy auto|mirrored|multiworker)
     auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
@@ -527,7 +539,12 @@ def restore_checkpoint(trainer, state, model_dir):
     with warnings.catch_warnings():
         # A mismatch is reported below as one error rather than as Keras' warnings.
         warnings.simplefilter("ignore", UserWarning)
-        trainer.load_weights(path)
+        try:
+            trainer.load_weights(path)
+        except (ValueError, KeyError) as error:
+            raise model_module.CheckpointError(
+                f"{path}: does not fit the network and optimiser of the run's config "
+                f"({str(error).splitlines()[0]})") from error
     model_module.check_fully_loaded(trainer.network.weights + trainer.optimizer.variables, path)
 
 
@@ -624,6 +641,7 @@ class Checkpointer(keras.callbacks.Callback):
         logs = logs or {}
         if self.state.stop_reason == "nan" or not _all_finite(self.model.network):
             return
+        check_free_space(self.model, self.model_dir)  # before best.keras, too
         value = float(logs.get(self.monitor, math.nan))
         improved = np.isfinite(value) and value < self.state.best_loss
         if improved:

@@ -449,3 +449,101 @@ def test_paper_recipe_first_update_is_small_at_368():
     assert np.isfinite(logs["loss"]) and logs["nonfinite_steps"] == 0
     change = np.linalg.norm(probe.numpy() - before) / np.linalg.norm(before)
     assert 0 < change < 1e-3, f"first update moved the heatmap head by {change:.2e} of its norm"
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected failures: one line, exit status 2, nothing lost
+# ---------------------------------------------------------------------------------------------
+def run_cli(flags, timeout=SUBPROCESS_TIMEOUT):
+    return subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr):
+    """The lines of stderr that are not TensorFlow's start-up noise."""
+    noise = ("WARNING: All log messages", "I0000", "oneDNN", "cpu_feature_guard", "To enable",
+             "E0000", "W0000")
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(noise)
+            and "rebuild TensorFlow" not in line]
+
+
+def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
+    flags = TINY_FLAGS + ["--records_dir", str(tmp_path / "nothing"), "--models_dir",
+                          str(tmp_path / "models"), "--logs_dir", str(tmp_path / "logs")]
+    result = run_cli(flags)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ")
+    assert f"{tmp_path / 'nothing'}/train.jsonl: no " in lines[0]
+    assert lines[0].endswith("run pre-process.py first")
+    (tmp_path / "models" / "tiny").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models" / "tiny" / "state-000000002.weights.h5").write_bytes(b"x")
+    (tmp_path / "models" / "tiny" / "last.json").write_text(
+        json.dumps({"step": 2, "state_file": "state-000000002.weights.h5"}))
+    result = run_cli(flags)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "already holds run 'tiny' (step 2)" in lines[0]
+    assert "--resume" in lines[0]
+
+
+def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path):
+    cfg = tiny_config(tmp_path, batch_norm=True)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    before = {name: os.path.getmtime(os.path.join(model_dir, name))
+              for name in os.listdir(model_dir)}
+    changed = dataclasses.replace(cfg, resume=True, batch_norm=False)
+    with pytest.raises(train.TrainError, match=r"--batch_norm True -> False"):
+        train.main(changed, dataset_fn=data_generator.synthetic_dataset)
+    after = {name: os.path.getmtime(os.path.join(model_dir, name))
+             for name in os.listdir(model_dir)}
+    assert after == before  # config.json, best.keras and the state are untouched
+    # Inference and training-control fields may change on resume.
+    allowed = dataclasses.replace(cfg, resume=True, epochs=2, scales=(1.0, 2.0))
+    assert train.main(allowed, dataset_fn=data_generator.synthetic_dataset)["resumed"]
+
+
+def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
+    cfg = tiny_config(tmp_path, batch_norm=True)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    # The saved config edited by hand: the state file no longer fits the network it describes.
+    config.save_config(dataclasses.replace(cfg, batch_norm=False),
+                       os.path.join(model_dir, "config.json"))
+    resumed = dataclasses.replace(cfg, resume=True, batch_norm=False, epochs=2)
+    with pytest.raises(model.CheckpointError, match="not loaded"):
+        train.main(resumed, dataset_fn=data_generator.synthetic_dataset)
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, epochs=1)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    good = train.read_run_state(model_dir)
+    kept = {name: (tmp_path / "models" / "tiny" / name).read_bytes()
+            for name in ("last.json", "last.keras", good.state_file)}
+
+    class Usage:
+        free = 1000  # bytes: far less than a checkpoint
+
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: Usage())
+    more = dataclasses.replace(cfg, resume=True, epochs=2)
+    with pytest.raises(train.TrainError, match="MB free, a checkpoint needs about"):
+        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    for name, content in kept.items():
+        assert (tmp_path / "models" / "tiny" / name).read_bytes() == content
+    monkeypatch.undo()
+
+    # A write that fails half-way (ENOSPC from the file system) is reported the same way.
+    def no_space(self, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.PoseTrainer, "save_weights", no_space)
+    with pytest.raises(train.TrainError, match="No space left on device"):
+        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    assert sorted(os.listdir(model_dir)) == sorted(
+        ["best.keras", "config.json", "last.json", "last.keras", good.state_file])
+    assert train.read_run_state(model_dir).step == good.step
