@@ -628,17 +628,23 @@ def publish(records_dir, split, folder):
     {split}.jsonl, {split}_rejects.jsonl and {split}_summary.json are symbolic links to
     .{split}/<name>, and .{split} is a link to a version folder, so replacing .{split} switches
     all three at once. The plain files of the older layout are first hard-linked (or copied)
-    into a version of their own and turned into links, showing the same bytes throughout. A
-    kill at any point leaves the old three or the new three, and at most unused folders.
+    into a version of their own and turned into links, showing the same bytes throughout; so
+    are the files a run killed half-way through that left. A kill at any point leaves the old
+    three or the new three, and at most unused folders.
     """
-    if not os.path.islink(os.path.join(records_dir, "." + split)):
+    links = [(os.path.join(records_dir, name), os.path.join("." + split, name))
+             for name in output_names(split)]
+    if not (os.path.islink(os.path.join(records_dir, "." + split)) and all(
+            os.path.islink(path) and os.readlink(path) == target for path, target in links)):
         current = _new_folder(records_dir, split)
         for name in output_names(split):
-            if os.path.isfile(os.path.join(records_dir, name)):
+            # realpath: Linux's link() would link a symbolic link itself, not its file.
+            visible = os.path.realpath(os.path.join(records_dir, name))
+            if os.path.isfile(visible):
                 try:
-                    os.link(os.path.join(records_dir, name), os.path.join(current, name))
+                    os.link(visible, os.path.join(current, name))
                 except OSError:  # A file system without hard links.
-                    shutil.copyfile(os.path.join(records_dir, name), os.path.join(current, name))
+                    shutil.copyfile(visible, os.path.join(current, name))
         _switch_to(records_dir, split, current)
     _switch_to(records_dir, split, folder)
 

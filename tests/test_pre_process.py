@@ -407,38 +407,55 @@ def visible_run(records_dir):
     return {1: "old", 3: "new"}[summary["checked"]["images"]]
 
 
+def killed_run(inputs, records_dir, monkeypatch, kill_point):
+    """Run on the "new" input, killed after its `kill_point`-th rename; True if it finished."""
+    with monkeypatch.context() as patch:
+        kill_after_renames(patch, kill_point)
+        try:
+            small_run(inputs, "new", records_dir)
+            return True
+        except SimulatedKill:
+            return False
+
+
 @pytest.mark.parametrize("layout", ["links", "plain files"])
-def test_a_killed_run_leaves_the_old_or_the_new_outputs_and_a_rerun_recovers(
+def test_killed_runs_leave_the_old_or_the_new_outputs_and_a_rerun_recovers(
         tmp_path, two_inputs, monkeypatch, layout):
+    """Kill a run after each of its renames in turn, then its rerun after each of its renames in
+    turn: the visible three files are always of one run, and a finished rerun leaves no trace."""
     small_run(two_inputs, "old", tmp_path / "old")
-    kill_points = 0
+    start = tmp_path / "start"
+    if layout == "links":
+        shutil.copytree(tmp_path / "old", start, symlinks=True)
+    else:  # The plain files that earlier versions wrote.
+        start.mkdir()
+        for name in OUTPUT_NAMES:
+            (start / name).write_bytes((tmp_path / "old" / name).read_bytes())
+    first_kills = 0
     while True:
-        kill_points += 1
-        records_dir = tmp_path / f"records{kill_points}"
-        if layout == "links":
-            shutil.copytree(tmp_path / "old", records_dir, symlinks=True)
-        else:  # The plain files that earlier versions wrote.
-            records_dir.mkdir()
-            for name in OUTPUT_NAMES:
-                (records_dir / name).write_bytes((tmp_path / "old" / name).read_bytes())
-        with monkeypatch.context() as patch:
-            kill_after_renames(patch, kill_points)
-            try:
-                small_run(two_inputs, "new", records_dir)
-                finished = True
-            except SimulatedKill:
-                finished = False
-        assert visible_run(records_dir) in ("old", "new")
+        first_kills += 1
+        killed = tmp_path / f"killed{first_kills}"
+        shutil.copytree(start, killed, symlinks=True)
+        finished = killed_run(two_inputs, killed, monkeypatch, first_kills)
+        assert visible_run(killed) in ("old", "new")
         if finished:
             break
-        assert small_run(two_inputs, "new", records_dir) == 0  # the rerun
-        assert visible_run(records_dir) == "new"
-        names = sorted(os.listdir(records_dir))  # no leftover of the killed run
+        second_kills = 0
+        while True:
+            second_kills += 1
+            rerun = tmp_path / f"rerun{first_kills}_{second_kills}"
+            shutil.copytree(killed, rerun, symlinks=True)
+            finished = killed_run(two_inputs, rerun, monkeypatch, second_kills)
+            assert visible_run(rerun) in ("old", "new")
+            if finished:
+                break
+        assert visible_run(rerun) == "new"
+        names = sorted(os.listdir(rerun))  # no leftover of the killed runs
         assert names[:1] == [".val"] and re.fullmatch(r"\.val\.\w+", names[1])
         assert names[2:] == OUTPUT_NAMES
     # Two renames switch a version in; the files of the older layout take another five.
-    assert kill_points == {"links": 3, "plain files": 8}[layout]
-    assert oct(os.stat(records_dir / "val.jsonl").st_mode & 0o777) == oct(0o666 & ~current_umask())
+    assert first_kills == {"links": 3, "plain files": 8}[layout]
+    assert oct(os.stat(killed / "val.jsonl").st_mode & 0o777) == oct(0o666 & ~current_umask())
 
 
 def current_umask():
