@@ -106,6 +106,32 @@ AIC_OKS_SIGMAS = (
 )
 
 
+class AicRelease(typing.NamedTuple):
+    """One official AI Challenger 2017 keypoint release, as its zip unpacks.
+
+    folder: the top folder, which is also the zip's name without ".zip"; images: the folder of
+    its images inside it; annotations: its annotation file inside it (None for the test sets).
+    """
+
+    folder: str
+    images: str
+    annotations: str | None
+
+
+# The official releases by split name: pre-process.py, synthetic.py and quickstart.py use these.
+AIC_RELEASES = {
+    "train": AicRelease("ai_challenger_keypoint_train_20170909", "keypoint_train_images_20170902",
+                        "keypoint_train_annotations_20170909.json"),
+    "val": AicRelease("ai_challenger_keypoint_validation_20170911",
+                      "keypoint_validation_images_20170911",
+                      "keypoint_validation_annotations_20170911.json"),
+    "test_a": AicRelease("ai_challenger_keypoint_test_a_20180103",
+                         "keypoint_test_a_images_20180103", None),
+    "test_b": AicRelease("ai_challenger_keypoint_test_b_20180103",
+                         "keypoint_test_b_images_20180103", None),
+}
+
+
 # Every Config field says its role once, in its metadata; what must match a checkpoint or must
 # not change on --resume is derived from the roles (see fields_with_role), never listed by hand.
 PATHS = "paths"  # Where files are; free to change at any time.
