@@ -371,9 +371,9 @@ def make_config(preset="paper", **overrides):
     return Config(**values)
 
 
-def _field_type(field):
-    hints = typing.get_type_hints(Config)
-    return hints[field.name]
+def _field_types():
+    """{field name: annotated type} of Config (resolving the annotations once, not per field)."""
+    return typing.get_type_hints(Config)
 
 
 def _parse_bool(text):
@@ -404,11 +404,11 @@ def add_config_arguments(parser):
     group = parser.add_argument_group("configuration (any Config field)")
     group.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                        help="start from this preset (default: paper)")
-    defaults = Config()
+    defaults, types = Config(), _field_types()
     for field in dataclasses.fields(Config):
         if field.name == "preset":
             continue
-        kind = _field_type(field)
+        kind = types[field.name]
         flags = ["--" + field.name]
         if "_" in field.name:
             flags.append("--" + field.name.replace("_", "-"))

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import sys
-import uuid
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,6 @@ import config
 import synthetic
 import utils
 from config import AIC_RELEASES, JOINT_NAMES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
-from synthetic import remove_leftovers
 
 ANNOTATION_KEYS = ("image_id", "keypoint_annotations", "human_annotations")
 DEFAULT_TOLERANCE = 2.0  # Pixels; scripts pass cfg.annotation_tolerance.
@@ -530,11 +528,6 @@ def output_names(split):
     return (f"{split}.jsonl", f"{split}_rejects.jsonl", f"{split}_summary.json")
 
 
-def _why(error):
-    """The reason an OSError gives, in words."""
-    return error.strerror or (os.strerror(error.errno) if error.errno else str(error))
-
-
 def prepare_records_dir(records_dir):
     """Create records_dir, delete what killed runs left there and check that it takes files.
 
@@ -543,16 +536,16 @@ def prepare_records_dir(records_dir):
     """
     try:
         os.makedirs(records_dir, exist_ok=True)
-        remove_leftovers(records_dir)
+        utils.remove_leftovers(records_dir)
         names = os.listdir(records_dir)
         used = {os.readlink(os.path.join(records_dir, name)) for name in names
                 if os.path.islink(os.path.join(records_dir, name))}
         for name in names:  # Version folders that no link points to: a kill left them.
             if re.fullmatch(r"\.(train|val|test_a|test_b)\.\w+", name) and name not in used:
                 shutil.rmtree(os.path.join(records_dir, name))
-        os.rmdir(_new_folder(records_dir, "probe"))
+        os.rmdir(utils.new_hidden_folder(records_dir, "probe"))
     except OSError as error:
-        raise OutputError(f"{records_dir}: cannot write records there ({_why(error)})") from error
+        raise OutputError(f"{records_dir}: cannot write records there ({utils.os_reason(error)})") from error
 
 
 def to_json_line(value):
@@ -560,93 +553,27 @@ def to_json_line(value):
     return json.dumps(value, separators=(",", ":"), allow_nan=False) + "\n"
 
 
-def write_lines(path, lines):
-    """Write text lines to a new file and flush them to the disk."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _new_folder(records_dir, split):
-    """A new hidden folder .tmp-{split}-<id> (os.mkdir, unlike mkdtemp, honours the umask)."""
-    folder = os.path.join(records_dir, f".tmp-{split}-{uuid.uuid4().hex[:12]}")
-    os.mkdir(folder)
-    return folder
-
-
 def write_outputs(records_dir, split, records, rejects, summary):
     """Write a split's three files so that a reader sees the old three or the new three.
 
-    They are written into a new hidden folder that publish switches in. Raises OutputError
+    They are written into a new hidden folder that utils.publish_group switches in. Raises OutputError
     (read-only or full folder) with the old files untouched; an error, unlike a kill, also
     removes the new folder.
     """
     try:
-        staging = _new_folder(records_dir, split)
+        staging = utils.new_hidden_folder(records_dir, split)
         try:
             paths = [os.path.join(staging, name) for name in output_names(split)]
-            write_lines(paths[0], (to_json_line(record) for record in records))
-            write_lines(paths[1], (to_json_line(reject) for reject in rejects))
-            write_lines(paths[2], [json.dumps(summary, indent=2) + "\n"])
-            publish(records_dir, split, staging)
+            utils.write_lines(paths[0], (to_json_line(record) for record in records))
+            utils.write_lines(paths[1], (to_json_line(reject) for reject in rejects))
+            utils.write_lines(paths[2], [json.dumps(summary, indent=2) + "\n"])
+            utils.publish_group(records_dir, split, staging, output_names(split))
         except Exception:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     except OSError as error:
         raise OutputError(f"{records_dir}: cannot write the outputs of split {split} "
-                          f"({_why(error)})") from error
-
-
-def _replace_with_link(path, target):
-    """Make `path` a symbolic link to `target` in one rename (readers never find it missing)."""
-    temporary = os.path.join(os.path.dirname(path), f".tmp-link-{uuid.uuid4().hex}")
-    os.symlink(target, temporary)
-    os.replace(temporary, path)
-
-
-def _switch_to(records_dir, split, folder):
-    """Rename the complete `folder` to .{split}.<id>, point the link .{split} at it, make the
-    three names links through .{split} (where they are not yet) and delete the old version."""
-    pointer = os.path.join(records_dir, "." + split)
-    previous = os.readlink(pointer) if os.path.islink(pointer) else None
-    version = f".{split}.{os.path.basename(folder).rsplit('-', 1)[-1]}"
-    os.rename(folder, os.path.join(records_dir, version))
-    _replace_with_link(pointer, version)
-    for name in output_names(split):
-        path, target = os.path.join(records_dir, name), os.path.join("." + split, name)
-        if not (os.path.islink(path) and os.readlink(path) == target):
-            _replace_with_link(path, target)
-    if previous not in (None, version):
-        shutil.rmtree(os.path.join(records_dir, previous), ignore_errors=True)
-
-
-def publish(records_dir, split, folder):
-    """Make `folder` (complete, inside records_dir) the split's outputs with one rename.
-
-    {split}.jsonl, {split}_rejects.jsonl and {split}_summary.json are symbolic links to
-    .{split}/<name>, and .{split} is a link to a version folder, so replacing .{split} switches
-    all three at once. The plain files of the older layout are first hard-linked (or copied)
-    into a version of their own and turned into links, showing the same bytes throughout; so
-    are the files a run killed half-way through that left. A kill at any point leaves the old
-    three or the new three, and at most unused folders.
-    """
-    links = [(os.path.join(records_dir, name), os.path.join("." + split, name))
-             for name in output_names(split)]
-    if not (os.path.islink(os.path.join(records_dir, "." + split)) and all(
-            os.path.islink(path) and os.readlink(path) == target for path, target in links)):
-        current = _new_folder(records_dir, split)
-        for name in output_names(split):
-            # realpath: Linux's link() would link a symbolic link itself, not its file.
-            visible = os.path.realpath(os.path.join(records_dir, name))
-            if os.path.isfile(visible):
-                try:
-                    os.link(visible, os.path.join(current, name))
-                except OSError:  # A file system without hard links.
-                    shutil.copyfile(visible, os.path.join(current, name))
-        _switch_to(records_dir, split, current)
-    _switch_to(records_dir, split, folder)
+                          f"({utils.os_reason(error)})") from error
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,12 +658,12 @@ def extract_release(zip_path, data_dir, release):
         try:
             for folder in (target, os.path.join(target, release.images)):
                 if os.path.isdir(folder):
-                    remove_leftovers(folder)
+                    utils.remove_leftovers(folder)
             for name, path in todo:
                 written += _extract_member(archive, name, path)
                 bar.update(sizes[name])
         except OSError as error:  # A full disk must stop the run, not skip every member.
-            raise OutputError(f"{target}: cannot extract {zip_path} there ({_why(error)})") \
+            raise OutputError(f"{target}: cannot extract {zip_path} there ({utils.os_reason(error)})") \
                 from error
     print(f"{zip_path}: {written} files extracted, {len(plan) - len(todo)} already there")
     if not plan:
@@ -847,7 +774,7 @@ def run_synthetic(args, cfg):
         folders = synthetic.write_synthetic(cfg.data_dir, args.synthetic, cfg.seed, args.jobs)
     except OSError as error:
         raise OutputError(f"{cfg.data_dir}: cannot write the synthetic set there "
-                          f"({_why(error)})") from error
+                          f"({utils.os_reason(error)})") from error
     for split, folder in folders.items():
         print(f"{split}: synthetic images written to {folder}")
 

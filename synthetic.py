@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+import utils
 from config import AIC_RELEASES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
 
 # The file that marks a release folder as synthetic; it also names the set (seed and splits).
@@ -426,17 +427,6 @@ def check_complete(data_dir):
             "them; run pre-process.py --synthetic again")
 
 
-def remove_leftovers(folder):
-    """Delete the hidden .tmp-* files and folders that a killed run left in `folder`."""
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if name.startswith(".tmp-"):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-
-
 def _refuse_real_data(data_dir):
     """Raise SyntheticError if writing the set would replace a real release or its zip."""
     for split in SYNTHETIC_SPLITS:
@@ -498,7 +488,7 @@ def write_synthetic(data_dir, count, seed, jobs=1):
         raise SyntheticError("--synthetic needs at least 2 images (train and validation)")
     indices = split_indices(count)
     os.makedirs(data_dir, exist_ok=True)
-    remove_leftovers(data_dir)
+    utils.remove_leftovers(data_dir)
     _refuse_real_data(data_dir)
     marker = marker_text(seed, {split: len(chosen) for split, chosen in indices.items()})
     staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=data_dir)

@@ -99,7 +99,7 @@ import config as config_module
 import data_generator
 import model as model_module
 import utils
-from config import NUM_HEATMAPS, NUM_JOINTS, NUM_PAFS
+from config import NUM_JOINTS
 
 LOGGER = logging.getLogger("train")
 SIDECAR_NAME = "last.json"

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import sys
+import shutil
 import tempfile
 import threading
+import uuid
 
 import numpy as np
 
@@ -214,3 +216,87 @@ def configure_script_logging(script):
     root.setLevel(logging.INFO)
     root.addHandler(handler(sys.stdout, lambda record: record.levelno < logging.WARNING))
     root.addHandler(handler(sys.stderr, lambda record: record.levelno >= logging.WARNING))
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups of files that change together (pre-process's records, rejects and summary of a split)
+# ---------------------------------------------------------------------------------------------
+def os_reason(error):
+    """The reason an OSError gives, in words."""
+    return error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+
+
+def write_lines(path, lines):
+    """Write text lines to a new file and flush them to the disk."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def new_hidden_folder(directory, group):
+    """A new hidden folder .tmp-{group}-<id> (os.mkdir, unlike mkdtemp, honours the umask)."""
+    folder = os.path.join(directory, f".tmp-{group}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(folder)
+    return folder
+
+
+def replace_with_link(path, target):
+    """Make `path` a symbolic link to `target` in one rename (readers never find it missing)."""
+    temporary = os.path.join(os.path.dirname(path), f".tmp-link-{uuid.uuid4().hex}")
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
+def switch_group_to(directory, group, folder, names):
+    """Rename the complete `folder` to .{group}.<id>, point the link .{group} at it, make the
+    names links through .{group} (where they are not yet) and delete the old version."""
+    pointer = os.path.join(directory, "." + group)
+    previous = os.readlink(pointer) if os.path.islink(pointer) else None
+    version = f".{group}.{os.path.basename(folder).rsplit('-', 1)[-1]}"
+    os.rename(folder, os.path.join(directory, version))
+    replace_with_link(pointer, version)
+    for name in names:
+        path, target = os.path.join(directory, name), os.path.join("." + group, name)
+        if not (os.path.islink(path) and os.readlink(path) == target):
+            replace_with_link(path, target)
+    if previous not in (None, version):
+        shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)
+
+
+def publish_group(directory, group, folder, names):
+    """Make `folder` (complete, inside directory) the group's files `names` with one rename.
+
+    Each directory/<name> is a symbolic link to .{group}/<name>, and .{group} is a link to a
+    version folder, so replacing .{group} switches all of them at once. The plain files of the older layout are first hard-linked (or copied)
+    into a version of their own and turned into links, showing the same bytes throughout; so
+    are the files a run killed half-way through that left. A kill at any point leaves the old
+    files or the new ones, and at most unused folders.
+    """
+    links = [(os.path.join(directory, name), os.path.join("." + group, name))
+             for name in names]
+    if not (os.path.islink(os.path.join(directory, "." + group)) and all(
+            os.path.islink(path) and os.readlink(path) == target for path, target in links)):
+        current = new_hidden_folder(directory, group)
+        for name in names:
+            # realpath: Linux's link() would link a symbolic link itself, not its file.
+            visible = os.path.realpath(os.path.join(directory, name))
+            if os.path.isfile(visible):
+                try:
+                    os.link(visible, os.path.join(current, name))
+                except OSError:  # A file system without hard links.
+                    shutil.copyfile(visible, os.path.join(current, name))
+        switch_group_to(directory, group, current, names)
+    switch_group_to(directory, group, folder, names)
+
+
+def remove_leftovers(folder):
+    """Delete the hidden .tmp-* files and folders that a killed run left in `folder`."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(".tmp-"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)

@@ -6,7 +6,6 @@ pre-process.py has a hyphen in its name, so it is imported from its path with im
 """
 
 import errno
-import importlib.util
 import json
 import os
 import re
@@ -20,23 +19,13 @@ import numpy as np
 import pytest
 
 from config import AIC_RELEASES
+from tests.conftest import SimulatedKill, kill_after_renames, load_pre_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MALFORMED = os.path.join(ROOT, "tests", "data", "malformed_annotations.json")
 
 
-def _load_pre_process():
-    if "pre_process" in sys.modules:
-        return sys.modules["pre_process"]
-    spec = importlib.util.spec_from_file_location("pre_process",
-                                                  os.path.join(ROOT, "pre-process.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pre_process"] = module  # dataclasses look their module up here.
-    spec.loader.exec_module(module)
-    return module
-
-
-pre_process = _load_pre_process()
+pre_process = load_pre_process()
 
 # A valid person in a 64 x 48 image: (x, y, v) for the 14 joints, left elbow occluded (v = 2)
 # and left ankle unlabelled (v = 3).
@@ -355,25 +344,6 @@ def test_existing_outputs_survive_a_failure_mid_write(tmp_path, malformed_images
 OUTPUT_NAMES = ["val.jsonl", "val_rejects.jsonl", "val_summary.json"]
 
 
-class SimulatedKill(BaseException):
-    """Stands for SIGKILL: no `except Exception` of the code under test catches it."""
-
-
-def kill_after_renames(patch, count):
-    """Make the `count`-th os.rename or os.replace from now on the last thing the process does."""
-    calls = []
-
-    def counting(real):
-        def call(*args, **kwargs):
-            result = real(*args, **kwargs)
-            calls.append(args)
-            if len(calls) == count:
-                raise SimulatedKill
-            return result
-        return call
-
-    patch.setattr(os, "rename", counting(os.rename))
-    patch.setattr(os, "replace", counting(os.replace))
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 without a reject, and a set replaced whole (a run killed between the splits is refused)."""
 
 import errno
-import importlib.util
 import json
 import os
 import re
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -15,23 +13,12 @@ import pytest
 
 import synthetic
 from config import AIC_RELEASES
+from tests.conftest import SimulatedKill, kill_after_renames, load_pre_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_pre_process():
-    """pre-process.py has a hyphen in its name, so it is imported from its path."""
-    if "pre_process" in sys.modules:
-        return sys.modules["pre_process"]
-    spec = importlib.util.spec_from_file_location("pre_process",
-                                                  os.path.join(ROOT, "pre-process.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pre_process"] = module  # dataclasses look their module up here.
-    spec.loader.exec_module(module)
-    return module
-
-
-pre_process = _load_pre_process()
+pre_process = load_pre_process()
 
 
 def tree_bytes(root):
@@ -176,25 +163,6 @@ def test_a_synthetic_split_beside_a_real_one_is_refused(synthetic_dir, tmp_path)
         synthetic.check_complete(str(tmp_path))
 
 
-class SimulatedKill(BaseException):
-    """Stands for SIGKILL: no `except Exception` of the code under test catches it."""
-
-
-def kill_after_renames(patch, count):
-    """Make the `count`-th os.rename or os.replace from now on the last thing the process does."""
-    calls = []
-
-    def counting(real):
-        def call(*args, **kwargs):
-            result = real(*args, **kwargs)
-            calls.append(args)
-            if len(calls) == count:
-                raise SimulatedKill
-            return result
-        return call
-
-    patch.setattr(os, "rename", counting(os.rename))
-    patch.setattr(os, "replace", counting(os.replace))
 
 
 def test_a_run_killed_between_the_splits_is_refused_and_a_rerun_recovers(
