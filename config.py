@@ -186,6 +186,12 @@ class Config:
     min_person_score: float = 0.4  # People whose mean part score is lower are dropped.
     limb_matching: str = "optimal"  # optimal: Hungarian per limb (paper) | greedy: best first.
     fragment_join_ratio: float = 1.0  # Join split people when gap <= ratio*limbs*limb length.
+    limb_acceptance: str = "more_than"  # more_than: > paf_min_fraction pass (original) | at_least.
+    fusion_upsample: int = 2  # Fuse scales on the largest scale's grid x this (0: image pixels).
+    input_bucket: int = 32  # Pad input widths to a multiple of this (pixels): shared batches.
+    inference_batch: int = 8  # Network inputs per call (images and mirror images together).
+    inference_chunk: int = 32  # Images per network round; parsing overlaps the next round.
+    integer_output: bool = False  # Round submission coordinates to whole pixels (not sub-pixel).
 
     def to_dict(self):
         return dataclasses.asdict(self)

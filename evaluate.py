@@ -109,7 +109,8 @@ def oracle_image(record, cfg):
     people, _ = parse_poses(heatmaps, pafs, cfg, stride=cfg.stride, scale=(factor, factor),
                             offset=(0, 0))
     parsed = time.perf_counter()
-    prediction = {"image_id": record["image_id"], "keypoint_annotations": people_to_aic(people)}
+    prediction = {"image_id": record["image_id"],
+                  "keypoint_annotations": people_to_aic(people, cfg.integer_output)}
     return prediction, rendered - started, parsed - rendered
 
 
@@ -163,29 +164,40 @@ def image_list(images_dir, references=None, limit=None):
     return items[:limit] if limit is not None else items
 
 
-def model_predictions(model, cfg, items, warnings, progress=True):
-    """Run inference.estimate_poses over [(image_id, path)]; unreadable images are skipped.
+def readable_images(items, warnings):
+    """Yield (image_id, RGB image) for [(image_id, path or None)]; an image without a file or
+    that cannot be read gets a warning instead (the metric then counts it as missing)."""
+    for image_id, path in items:
+        if path is None:
+            warnings.append(f"{image_id}: no image file found; skipped (counts as missing).")
+            continue
+        try:
+            yield image_id, utils.read_image_rgb(path)
+        except utils.ImageError as error:
+            warnings.append(f"{error}; skipped (counts as missing).")
 
-    Returns the list of prediction dicts; a skipped image gets a warning and no entry, so the
-    metric counts it as missing.
+
+def model_predictions(model, cfg, items, warnings, progress=True, chunk_size=None, workers=1):
+    """Predictions of the model for [(image_id, path)], in order, as submission entries.
+
+    Images go through inference.estimate_poses_stream: cfg.inference_chunk images at a time
+    (chunk_size overrides; 1 with workers=0 is the one-at-a-time path, which gives the same
+    predictions), parsed on `workers` threads while the network runs. Coordinates are
+    sub-pixel floats unless cfg.integer_output. Skipped images get a warning and no entry.
     """
     from tqdm import tqdm
 
     import inference
 
-    predictions = []
-    for image_id, path in tqdm(items, desc="predict", unit="image", disable=not progress):
-        if path is None:
-            warnings.append(f"{image_id}: no image file found; skipped (counts as missing).")
-            continue
-        try:
-            image = utils.read_image_rgb(path)
-        except utils.ImageError as error:
-            warnings.append(f"{error}; skipped (counts as missing).")
-            continue
-        people, _ = inference.estimate_poses(model, image, cfg)
-        predictions.append({"image_id": image_id,
-                            "keypoint_annotations": inference.people_to_aic(people)})
+    predictions, warned_before = [], len(warnings)
+    stream = inference.estimate_poses_stream(model, readable_images(items, warnings), cfg,
+                                             chunk_size=chunk_size, workers=workers)
+    with tqdm(total=len(items), desc="predict", unit="image", disable=not progress) as bar:
+        for image_id, estimate in stream:
+            predictions.append({"image_id": image_id, "keypoint_annotations":
+                                inference.people_to_aic(estimate.people, cfg.integer_output)})
+            # Skipped images count as done too, so the bar reaches its end.
+            bar.update(len(predictions) + len(warnings) - warned_before - bar.n)
     return predictions
 
 

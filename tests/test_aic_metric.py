@@ -203,7 +203,8 @@ def test_malformed_entry_warns_and_is_skipped(case):
     ("text", "reference record 0: expected an object"),
 ])
 def test_malformed_reference_is_an_error_naming_the_record(broken, message):
-    with pytest.raises(aic_metric.InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    pattern = message.replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(aic_metric.InputError, match=pattern):
         aic_metric.aic_map([], [broken])
 
 

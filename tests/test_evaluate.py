@@ -96,14 +96,16 @@ def fake_model_mode(tmp_path, monkeypatch):
     (images / "img_c.jpg").write_bytes(b"not a jpeg")
     answers = {240: [ladder(10, 10), ladder(200, 10)], 100: [ladder(50, 50)]}
 
-    def fake_estimate_poses(model, image, cfg):
+    def fake_stream(model, items, cfg, chunk_size=None, workers=1):
         # The checkpoint's config arrives with the command line's override on top.
         assert model == "network" and cfg.preset == "cpu" and cfg.min_parts == 2
-        people = np.array(answers[image.shape[1]], dtype=np.float32).reshape(-1, 14, 3)
-        return people, np.ones(len(people), np.float32)
+        for key, image in items:
+            people = np.array(answers[image.shape[1]], dtype=np.float32).reshape(-1, 14, 3)
+            yield key, inference.Estimate(people, np.ones(len(people), np.float32), None, None,
+                                          None)
 
     import inference
-    monkeypatch.setattr(inference, "estimate_poses", fake_estimate_poses)
+    monkeypatch.setattr(inference, "estimate_poses_stream", fake_stream)
     fake_model = types.ModuleType("model")
     fake_model.load_checkpoint = lambda path: ("network", config.make_config("cpu"))
     monkeypatch.setitem(sys.modules, "model", fake_model)
@@ -173,3 +175,32 @@ def test_oracle_recovers_well_separated_people():
     assert result["missed_people"] == 0 and result["spurious_people"] == 0
     only_first, _ = evaluate.oracle_predictions(references, cfg, limit=1)
     assert [entry["image_id"] for entry in only_first] == ["o1"]
+
+
+def test_batched_predictions_equal_the_one_at_a_time_path(tmp_path):
+    """A tiny random network over images of several sizes: the batched, threaded path writes
+    exactly the predictions of the one-image-at-a-time path."""
+    import model
+
+    cfg = config.make_config("cpu", stages=1, backbone_channels=(4, 8, 8), cpm_channels=(8, 8),
+                             stage_channels=8, stage1_hidden=8, inference_height=32,
+                             scales=(1.0, 1.5), inference_batch=3, peak_threshold=0.0,
+                             paf_threshold=-1.0, min_parts=2, min_person_score=-10.0)
+    network = model.build_model(cfg)
+    rng = np.random.default_rng(5)
+    items = []
+    for index, (height, width) in enumerate([(40, 56), (50, 30), (40, 60), (64, 64), (40, 56)]):
+        path = tmp_path / f"img{index}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        items.append((f"img{index}", str(path)))
+    items.append(("gone", None))
+    one_warnings, batched_warnings = [], []
+    one = evaluate.model_predictions(network, cfg, items, one_warnings, progress=False,
+                                     chunk_size=1, workers=0)
+    batched = evaluate.model_predictions(network, cfg, items, batched_warnings, progress=False,
+                                         chunk_size=4, workers=1)
+    assert [entry["image_id"] for entry in batched] == [f"img{index}" for index in range(5)]
+    assert sum(len(entry["keypoint_annotations"]) for entry in one) > 0  # people to compare
+    assert batched == one
+    assert batched_warnings == one_warnings == ["gone: no image file found; skipped (counts "
+                                                "as missing)."]
