@@ -421,7 +421,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description="Draw the people a trained model finds in images, a folder, a video or a "
                     "camera stream (no arguments: the newest checkpoint in models/ on images/samples/).",
-        allow_abbrev=False)
+        epilog=inference.INFERENCE_OPTIONS_HELP, allow_abbrev=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", nargs="+", metavar="PATH",
                         help="image files and/or folders of images (default: images/samples/)")

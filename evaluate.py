@@ -254,13 +254,16 @@ def report(result, args, extra=None):
 
 
 def build_parser():
+    import inference
+
     parser = argparse.ArgumentParser(
         description="Score AI Challenger keypoint predictions with the official mAP "
                     "(last line: 'Score: %.8f'), make predictions with a model, or score the "
                     "oracle (ground-truth maps parsed back).",
         epilog="Without --json the last line is 'Score: %.8f' (the official evaluator's "
                "number), after warnings and a diagnostics table; with --json stdout is one line "
-               "of JSON. Unreadable files and malformed references exit with status 2.")
+               "of JSON. Unreadable files and malformed references exit with status 2. "
+               + inference.INFERENCE_OPTIONS_HELP)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--submit", metavar="PRED.json", help="score this submission file")
     mode.add_argument("--model", metavar="PATH",

@@ -47,8 +47,17 @@ LOG_FLOOR = 1e-6
 # Decimals of the sub-pixel coordinates written to submission files (1/100 pixel changes no
 # OKS noticeably and keeps the files small).
 COORDINATE_DECIMALS = 2
-# Keys' cubic kernel parameter of OpenCV's INTER_CUBIC, used to resample maps between grids.
-CUBIC_A = -0.75
+
+# --help text of the inference options (Config fields) that scripts running a model share.
+INFERENCE_OPTIONS_HELP = (
+    "Inference options: --scales and --flip_test choose the network passes; "
+    "--fusion_upsample U fuses the scales on the largest scale's output grid made U times "
+    "finer (default 2, as accurate as the original's fusion at image resolution; 0: at image "
+    "resolution, slow); --limb_acceptance more_than|at_least accepts a limb when more than "
+    "(the original) or at least paf_min_fraction of its samples pass --paf_threshold; "
+    "--integer_output writes whole-pixel coordinates (default: sub-pixel, which the official "
+    "metric scores exactly); --input_bucket, --inference_batch and --inference_chunk set the "
+    "width buckets, network batch and images per round of the batched path (speed only).")
 
 LIMB_A = np.array([a for a, _ in LIMBS], dtype=np.int64)
 LIMB_B = np.array([b for _, b in LIMBS], dtype=np.int64)
@@ -686,15 +695,21 @@ def network_function(model):
     """
     if model in _COMPILED:
         return _COMPILED[model]
-    function = lambda batch: model(batch, training=False)  # noqa: E731
+
+    def forward(batch):
+        return model(batch, training=False)
+
+    function = forward
     if type(model).__module__.startswith("keras"):
         import keras
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            function = tf.function(function, reduce_retracing=True, input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.float32)])
+            # No Python control flow to convert: autograph off (it cannot read closures).
+            function = tf.function(forward, autograph=False, reduce_retracing=True,
+                                   input_signature=[tf.TensorSpec([None, None, None, 3],
+                                                                  tf.float32)])
         _COMPILED[model] = function
     return function
 
@@ -834,69 +849,38 @@ def grid_mapping(grid, height, cfg):
             "smoothing": float(cfg.peak_smoothing) * base_cell / cell}
 
 
-def cubic_weights(distance):
-    """Keys' cubic convolution kernel at `distance` (array, in cells), a = CUBIC_A as OpenCV's
-    INTER_CUBIC, with which the original upsampled the maps."""
-    t = np.abs(distance)
-    near = ((CUBIC_A + 2.0) * t - (CUBIC_A + 3.0)) * t * t + 1.0
-    far = ((CUBIC_A * t - 5.0 * CUBIC_A) * t + 8.0 * CUBIC_A) * t - 4.0 * CUBIC_A
-    return np.where(t <= 1.0, near, np.where(t < 2.0, far, 0.0))
+def resample(maps, grid, factors, stride, interpolation=cv2.INTER_CUBIC):
+    """Maps (rows, cols, C) float32 on one scale's network grid -> grid.shape + (C,).
 
-
-def resampling_taps(grid_cells, grid_stride, grid_factor, cells, factor, stride,
-                    kernel=cubic_weights):
-    """(index (grid_cells, 4) int, weight (grid_cells, 4) float32): the four network cells each
-    fusion cell interpolates along one axis, and their weights.
-
-    The network grid has `cells` cells (input `factor` times the original, `stride` pixels per
-    cell); the fusion grid grid_stride pixels per cell of an input grid_factor times the
-    original. A fusion cell's centre is traced to original pixels and into the network grid
-    with cv2.resize's pixel-centre convention; taps beyond the network grid repeat its border
-    cell. kernel: weight of a tap at a distance in cells, up to 2 (cubic; a triangle gives
-    linear interpolation).
+    factors (fx, fy): the scale's resize factors from the original image; stride: its grid's
+    pixels per cell. Fusion cell j's centre, traced to original pixels and into the network
+    grid (cv2.resize's pixel-centre convention), lands on network cell
+    p = (j + 0.5) * ratio - 0.5 with ratio = grid.stride * factor / (grid factor * stride):
+    exactly where cv2.resize with fx = 1 / ratio samples. So cv2.resize does the work (cubic
+    with a = -0.75, as the original's upsampling; taps beyond the maps repeat the border),
+    after the maps are extended by repeating their last cells so that its output covers the
+    whole grid.
     """
-    centre = np.arange(grid_cells) * grid_stride + (grid_stride - 1) / 2.0
-    original = (centre + 0.5) / grid_factor - 0.5
-    position = ((original + 0.5) * factor - 0.5 - (stride - 1) / 2.0) / stride
-    index = np.floor(position).astype(np.int64)[:, None] + np.arange(-1, 3)
-    weight = kernel(position[:, None] - index).astype(np.float32)
-    return np.clip(index, 0, cells - 1), weight
+    ratio_x = grid.stride * factors[0] / (grid.factors[0] * stride)
+    ratio_y = grid.stride * factors[1] / (grid.factors[1] * stride)
+    rows, cols = grid.shape
+    extra_rows = max(2, math.ceil(rows * ratio_y) - maps.shape[0] + 2)
+    extra_cols = max(2, math.ceil(cols * ratio_x) - maps.shape[1] + 2)
+    extended = cv2.copyMakeBorder(np.ascontiguousarray(maps, dtype=np.float32), 0, extra_rows,
+                                  0, extra_cols, cv2.BORDER_REPLICATE)
+    resized = cv2.resize(extended, None, fx=1.0 / ratio_x, fy=1.0 / ratio_y,
+                         interpolation=interpolation)
+    return resized.reshape(resized.shape[:2] + (maps.shape[2],))[:rows, :cols]
 
 
-def resampling_matrix(grid_cells, grid_stride, grid_factor, cells, factor, stride,
-                      kernel=cubic_weights):
-    """resampling_taps as a dense (grid_cells, cells) float32 matrix (weights of repeated
-    border cells added up)."""
-    index, weight = resampling_taps(grid_cells, grid_stride, grid_factor, cells, factor, stride,
-                                    kernel)
-    matrix = np.zeros((grid_cells, cells), dtype=np.float32)
-    np.add.at(matrix, (np.repeat(np.arange(grid_cells), 4), index.ravel()), weight.ravel())
-    return matrix
-
-
-def resample(maps, row_matrix, col_matrix):
-    """Maps (rows, cols, C) -> (R, K, C): row_matrix (R, rows) applied along the rows and
-    col_matrix (K, cols) along the columns, as two dense matrix products (BLAS beats four
-    weighted gathers per axis here, even at image resolution)."""
-    rows, cols, channels = maps.shape
-    along_rows = (row_matrix @ maps.reshape(rows, cols * channels)).reshape(-1, cols, channels)
-    return np.matmul(col_matrix, along_rows)
-
-
-def fuse_scales(per_scale, grid, cfg, kernel=cubic_weights):
+def fuse_scales(per_scale, grid, cfg, interpolation=cv2.INTER_CUBIC):
     """The mean of one image's ScaleMaps on `grid`: (heatmaps (rows, cols, NUM_HEATMAPS),
-    pafs (rows, cols, NUM_PAFS)) float32, each scale resampled with `kernel` (cubic, as the
-    original's cv2.resize)."""
+    pafs (rows, cols, NUM_PAFS)) float32, each scale resampled by `interpolation` (cubic, as
+    the original's cv2.resize)."""
     total = np.zeros(tuple(grid.shape) + (NUM_HEATMAPS + NUM_PAFS,), dtype=np.float32)
     for maps in per_scale:
-        row_matrix = resampling_matrix(grid.shape[0], grid.stride, grid.factors[1],
-                                       maps.heatmaps.shape[0], maps.factors[1], cfg.stride,
-                                       kernel)
-        col_matrix = resampling_matrix(grid.shape[1], grid.stride, grid.factors[0],
-                                       maps.heatmaps.shape[1], maps.factors[0], cfg.stride,
-                                       kernel)
         both = np.concatenate([maps.heatmaps, maps.pafs], axis=2)
-        total += resample(both, row_matrix, col_matrix)
+        total += resample(both, grid, maps.factors, cfg.stride, interpolation)
     total /= len(per_scale)
     return (np.ascontiguousarray(total[:, :, :NUM_HEATMAPS]),
             np.ascontiguousarray(total[:, :, NUM_HEATMAPS:]))

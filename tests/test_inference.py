@@ -344,29 +344,28 @@ def test_predict_maps_maps_peaks_back_to_original_pixels(cfg, scales, flip, upsa
     np.testing.assert_allclose(found, (37.3, 21.8), atol=0.4)
 
 
-def test_cubic_weights_are_opencvs_kernel():
-    # Keys' kernel with a = -0.75: 1 at 0, 0 at 1 and 2; at 0.5 (a + 2) / 8 - (a + 3) / 4 + 1
-    # = 0.59375, at 1.5 (27a / 8 - 45a / 4 + 12a - 4a) = -0.09375 (sum over taps: 1).
-    distances = np.array([0.0, 0.5, 1.0, 1.5, 2.0, -0.5, 3.0])
-    np.testing.assert_allclose(inference.cubic_weights(distances),
-                               [1.0, 0.59375, 0.0, -0.09375, 0.0, 0.59375, 0.0], atol=1e-12)
-
-
-def test_resampling_matrix_by_hand():
-    # A network grid of 8 cells (stride 4, input = original) onto a grid twice finer (stride
-    # 2): fusion cell j is at pixel 2j + 0.5, i.e. network cell (2j + 0.5 - 1.5) / 4. Cell 3
-    # is at 1.25: taps on cells 0..3 at distances 1.25, 0.25, 0.75, 1.75.
-    matrix = inference.resampling_matrix(16, 2.0, 1.0, 8, 1.0, 4)
-    assert matrix.shape == (16, 8) and matrix.dtype == np.float32
-    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(matrix[3], [-0.10546875, 0.87890625, 0.26171875, -0.03515625,
-                                           0, 0, 0, 0], atol=1e-7)
-    # Cell 0 is at -0.25: the taps on cells -2 and -1 (distances 1.75 and 0.75) repeat the
-    # border cell 0 (distance 0.25); cell 1 is at 1.25.
-    np.testing.assert_allclose(matrix[0, :3], [-0.03515625 + 0.26171875 + 0.87890625,
-                                               -0.10546875, 0.0], atol=1e-7)
-    identity = inference.resampling_matrix(8, 4.0, 1.0, 8, 1.0, 4)
-    np.testing.assert_allclose(identity, np.eye(8), atol=1e-6)
+def test_resample_spreads_an_impulse_with_opencvs_cubic_kernel():
+    # One scale's grid of 8 x 8 cells (stride 4, input = original) onto a fusion grid twice
+    # finer (stride 2): fusion cell j is at pixel 2j + 0.5, i.e. network cell
+    # (2j + 0.5 - 1.5) / 4 = (2j - 1) / 4. An impulse at cell 3 comes out as Keys' cubic kernel
+    # with a = -0.75 at the distances 0.25 (j = 6, 7), 0.75 (j = 5, 8), 1.25 (j = 4, 9):
+    # 1 - 1.9375 / 16 = 0.87890625, 1 - 1.3125 * 0.5625 = 0.26171875 and -0.10546875.
+    grid = inference.FusionGrid((16, 16), 2.0, (1.0, 1.0))
+    impulse = np.zeros((8, 8, 2), dtype=np.float32)
+    impulse[3, 3] = (1.0, 2.0)
+    out = inference.resample(impulse, grid, (1.0, 1.0), 4)
+    assert out.shape == (16, 16, 2)
+    kernel = [-0.10546875, 0.26171875, 0.87890625, 0.87890625, 0.26171875, -0.10546875]
+    np.testing.assert_allclose(out[4:10, 7, 0], np.array(kernel) * 0.87890625, atol=1e-6)
+    np.testing.assert_allclose(out[6, 4:10, 1], np.array(kernel) * 2 * 0.87890625, atol=1e-6)
+    assert np.abs(out[:2]).max() == 0 and np.abs(out[12:]).max() == 0  # beyond the kernel
+    # Past the last cell the border repeats: a constant map stays constant to the grid's end.
+    np.testing.assert_allclose(inference.resample(np.ones((8, 8, 2), np.float32), grid,
+                                                  (1.0, 1.0), 4), 1.0, atol=1e-6)
+    # The same grid as the network's: the maps come back unchanged.
+    same = inference.FusionGrid((8, 8), 4.0, (1.0, 1.0))
+    np.testing.assert_allclose(inference.resample(impulse, same, (1.0, 1.0), 4), impulse,
+                               atol=1e-6)
 
 
 def test_fusion_grid_and_mapping_by_hand(cfg):
