@@ -263,6 +263,15 @@ class Config:
     limb_matching: str = inference("optimal")
     # Join split people when gap <= ratio*limbs*limb length.
     fragment_join_ratio: float = inference(1.0)
+    # more_than: > paf_min_fraction pass (the original) | at_least.
+    limb_acceptance: str = inference("more_than")
+    # Fuse scales on the largest scale's grid x this (0: image pixels).
+    fusion_upsample: int = inference(2)
+    # Pad input widths to a multiple of this (pixels): shared batches.
+    input_bucket: int = inference(32)
+    inference_batch: int = inference(8)  # Network inputs per call (images and mirror images).
+    inference_chunk: int = inference(32)  # Images per network round; parsing overlaps the next.
+    integer_output: bool = inference(False)  # Round submission coordinates to whole pixels.
 
     def to_dict(self):
         return dataclasses.asdict(self)
