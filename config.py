@@ -358,6 +358,7 @@ PRESETS["tiny"] = dict(
     stage_convs=1,
     heatmap_sigma=2.0,
     batch_size=2,
+    epochs=2,
     steps_per_epoch=2,
     validation_steps=1,
     max_train_minutes=0.0,

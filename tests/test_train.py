@@ -488,7 +488,7 @@ def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
 
 
 def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path):
-    cfg = tiny_config(tmp_path, batch_norm=True)
+    cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
     train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
     before = {name: os.path.getmtime(os.path.join(model_dir, name))
@@ -505,7 +505,7 @@ def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path)
 
 
 def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
-    cfg = tiny_config(tmp_path, batch_norm=True)
+    cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
     train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
     # The saved config edited by hand: the state file no longer fits the network it describes.
