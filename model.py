@@ -55,6 +55,7 @@ multipliers (``learning_rate_multiplier``) are here too, in keras.ops, so that e
 backend trains the network the same way (train.py on TensorFlow, benchmarks/bench_jax.py on
 JAX). ``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read
 files (the weights file or checkpoint the user names); ``build_model`` does no I/O.
+``load_for_inference`` is how demo.py and evaluate.py load a checkpoint.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ import numpy as np
 from keras import layers
 
 import config as config_module
+import utils
 from config import NUM_HEATMAPS, NUM_PAFS
 
 # ImageNet mean in BGR order, as subtracted by keras.applications' "caffe" preprocessing.
@@ -460,7 +462,14 @@ def load_checkpoint(path):
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{config_path}: missing; a checkpoint needs the run's "
                               f"config.json beside {os.path.basename(path)}")
-    cfg = config_module.load_config(config_path)
+    try:
+        cfg = config_module.load_config(config_path)
+    except (OSError, ValueError) as error:
+        # load_config's own messages already start with the file's name.
+        reason = utils.os_reason(error) if isinstance(error, OSError) else \
+            str(error).replace(f"{config_path}: ", "")
+        raise CheckpointError(f"{config_path}: cannot be read as a run's config ({reason})") \
+            from error
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a Keras .keras archive (train.py writes those)")
     saved = embedded_config(path)
@@ -476,6 +485,20 @@ def load_checkpoint(path):
                               f"({str(error).splitlines()[0]})") from error
     check_fully_loaded(network.weights, path)
     return network, cfg
+
+
+def load_for_inference(path, overrides=None):
+    """(keras.Model, Config) to run the checkpoint at `path` with: load_checkpoint, then its
+    config with `overrides` ({field: value} from the command line) on top.
+
+    The one way demo.py and evaluate.py load a network. Only inference settings and paths may
+    be overridden (config.inference_config); a ValueError naming another field is raised before
+    the network is loaded. Raises CheckpointError as load_checkpoint does.
+    """
+    overrides = dict(overrides or {})
+    config_module.inference_config(config_module.Config(), overrides)  # Fail before loading.
+    network, saved = load_checkpoint(path)
+    return network, config_module.inference_config(saved, overrides)
 
 
 def _checkpoint_file(path):
