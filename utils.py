@@ -53,7 +53,8 @@ class ImageError(ValueError):
 def image_format(head):
     """The format ("JPEG", "PNG", ...) that a file's first bytes announce, or None."""
     for name, signature in IMAGE_SIGNATURES:
-        if head.startswith(signature):
+        # RIFF also starts WAV and AVI files: a WebP image says WEBP at bytes 8 to 11.
+        if head.startswith(signature) and (name != "WebP" or head[8:12] == b"WEBP"):
             return name
     return None
 

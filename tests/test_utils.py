@@ -117,6 +117,13 @@ def test_content_decides_the_format_and_the_message_says_what_a_bad_file_is(tmp_
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(utils.ImageError, match="empty"):
         utils.decode_image(str(tmp_path / "empty.jpg"))
+    # RIFF begins WebP images and WAV sounds alike; only the first is an image.
+    webp = cv2.imencode(".webp", np.full((4, 6, 3), 9, np.uint8))[1].tobytes()
+    (tmp_path / "image.webp").write_bytes(webp)
+    assert utils.decode_image(str(tmp_path / "image.webp")).shape == (4, 6, 3)
+    (tmp_path / "sound.webp").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(28))
+    with pytest.raises(utils.ImageError, match="sound.webp: not an image"):
+        utils.decode_image(str(tmp_path / "sound.webp"))
 
 
 def test_strict_decode_catches_a_damaged_jpeg_with_an_intact_end_marker(tmp_path):
