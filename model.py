@@ -5,16 +5,14 @@
 its input itself (layer ``input_normalization``), so callers never do. The pixels are flipped
 to BGR, VGG's channel order, and then, by ``cfg.input_normalization``:
 
-* ``openpose`` (the ``paper`` preset): (BGR - 128) / 256, what the original's Caffe data layer
-  fed its ImageNet VGG19 and what the Keras ports (x / 256 - 0.5) feed theirs. The features
-  are then about 256 times smaller than VGG was trained with; the original's SGD learning rate
-  (4e-5), its N(0, 0.01) head initialisation and its summed Euclidean loss were tuned for
-  features that small. ``benchmarks/bench_recipe.py`` measures what happens otherwise.
+* ``openpose`` (the default): (BGR - 128) / 256, what the original's Caffe data layer fed its
+  ImageNet VGG19 (the Keras ports' x / 256 - 0.5).
 * ``imagenet``: BGR minus the ImageNet mean at 0..255 scale (keras.applications' "caffe" mode),
-  the scale the ImageNet weights were trained at. With the paper's SGD recipe at 368x368 this
-  diverges within a few steps; it is kept for other optimisers and learning rates.
+  the scale the ImageNet weights were trained at.
 
-ImageNet VGG19 weights are loaded the same way under both. Its outputs are the list
+ImageNet VGG19 weights are loaded the same way under both; why the paper's recipe needs
+``openpose`` is told in the README ("Input scaling") and measured by benchmarks/bench_recipe.py.
+Its outputs are the list
 
     [stage1_pafs, stage1_heatmaps, stage2_pafs, stage2_heatmaps, ..., stageT_pafs, stageT_heatmaps]
 
