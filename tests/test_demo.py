@@ -232,15 +232,15 @@ def test_a_cut_video_is_annotated_as_far_as_it_goes_with_a_warning(checkpoint, t
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 32))
     rng = np.random.default_rng(0)
-    for _ in range(10):  # Noise: every frame compresses to about the same size.
+    for _ in range(6):  # Noise: every frame compresses to about the same size.
         writer.write(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
     writer.release()
     cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])  # a download cut short
     readable = count_frames(cut)
-    assert 0 < readable < 10
+    assert 0 < readable < 6
     assert demo.main(["--model", checkpoint, "--video", str(cut)]) == 0
     error = capsys.readouterr().err
-    assert f"warning: {cut}: only {readable} of the 10 frames the file announces" in error
+    assert f"warning: {cut}: only {readable} of the 6 frames the file announces" in error
     assert count_frames(tmp_path / "cut_pose.mp4") == readable
     # The whole video, or the cut one stopped on purpose by --max-frames, gives no warning.
     assert demo.main(["--model", checkpoint, "--video", str(whole)]) == 0
