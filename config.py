@@ -297,6 +297,21 @@ def changed_fields(before, after, roles):
             for name in fields_with_role(*roles) if getattr(before, name) != getattr(after, name)]
 
 
+def inference_config(saved, overrides):
+    """The config to run a trained network with: `saved` (its run's config) with `overrides`
+    ({field: value}, the command line's) on top.
+
+    Only fields of the INFERENCE and PATHS roles may be overridden; the others describe the
+    network or how it was trained, so ValueError names the first one given.
+    """
+    allowed = fields_with_role(INFERENCE, PATHS)
+    fixed = [name for name in overrides if name not in allowed]
+    if fixed:
+        raise ValueError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only inference "
+                         f"settings and paths can be changed: {', '.join(allowed)}")
+    return dataclasses.replace(saved, **overrides)
+
+
 # Presets are overrides of the paper defaults. `cpu` trains a useful model on two cores: a
 # smaller input, three thinner stages, Adam, and single-scale inference.
 PRESETS = {

@@ -17,9 +17,7 @@ start from the checkpoint's config.json and can be overridden here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
-import json
 import os
 import sys
 
@@ -31,19 +29,9 @@ import inference
 import utils
 from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIX = "_pose"
 MAPS_SUFFIX = "_maps_"
 DEFAULT_IMAGES_DIR = os.path.join("images", "samples")
-# Config fields that may differ from the checkpoint's: inference and parsing settings only
-# (the network's geometry is fixed by the checkpoint).
-INFERENCE_FIELDS = (
-    "inference_height", "scales", "flip_test", "peak_threshold", "peak_smoothing",
-    "paf_threshold", "paf_samples", "paf_min_fraction", "min_parts", "min_person_score",
-    "pad_value", "limb_matching", "fragment_join_ratio", "max_peaks_per_joint", "models_dir",
-    "limb_acceptance", "fusion_upsample", "input_bucket", "inference_batch", "inference_chunk",
-    "integer_output",
-)
 TRAIN_HINT = "train one with `python train.py --preset cpu` or pass --model PATH"
 
 
@@ -72,34 +60,15 @@ def explicit_overrides(args):
     return overrides
 
 
-def inference_config(checkpoint_cfg, overrides):
-    """The checkpoint's config with the command line's inference settings on top."""
-    fixed = sorted(set(overrides) - set(INFERENCE_FIELDS))
-    if fixed:
-        raise DemoError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only these "
-                        f"settings can be changed: {', '.join(INFERENCE_FIELDS)}")
-    return dataclasses.replace(checkpoint_cfg, **overrides)
-
-
-def load_network(path):
-    """model.load_checkpoint(path) with one-line errors; (model, checkpoint config)."""
+def load_network(path, overrides):
+    """(network, config) of model.load_for_inference, the one loader demo and evaluate share;
+    DemoError with a hint when the checkpoint is missing. model.CheckpointError (a ValueError)
+    names any other problem in one line."""
     import model as model_module
 
     if not os.path.exists(path):
         raise DemoError(f"{path}: checkpoint not found; {TRAIN_HINT}")
-    try:
-        network, cfg = model_module.load_checkpoint(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise DemoError(f"{path}: cannot load this checkpoint with its config.json (built for "
-                        f"another configuration or skeleton?): {message}")
-    heatmap_channels = network.outputs[-1].shape[-1]
-    paf_channels = network.outputs[-2].shape[-1]
-    if (heatmap_channels, paf_channels) != (config.NUM_HEATMAPS, config.NUM_PAFS):
-        raise DemoError(f"{path}: the network outputs {heatmap_channels} heatmap and "
-                        f"{paf_channels} PAF channels but config.py's skeleton needs "
-                        f"{config.NUM_HEATMAPS} and {config.NUM_PAFS}")
-    return network, cfg
+    return model_module.load_for_inference(path, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +86,7 @@ def collect_images(paths):
     for path in paths:
         if os.path.isdir(path):
             names = sorted(name for name in os.listdir(path)
-                           if name.lower().endswith(IMAGE_EXTENSIONS))
+                           if name.lower().endswith(utils.IMAGE_EXTENSIONS))
             found += [os.path.join(path, name) for name in names
                       if not is_output_file(name)]
         elif os.path.exists(path):
@@ -131,9 +100,22 @@ def output_path(path, out_dir, suffix, extension=None):
     """<out_dir or path's folder>/<stem><suffix><extension or path's extension>."""
     stem, original_extension = os.path.splitext(os.path.basename(path))
     extension = extension or (original_extension if original_extension.lower()
-                              in IMAGE_EXTENSIONS else ".jpg")
+                              in utils.IMAGE_EXTENSIONS else ".jpg")
     return os.path.join(out_dir or os.path.dirname(os.path.abspath(path)),
                         stem + suffix + extension)
+
+
+def check_outputs(args, paths):
+    """Raise utils.OutputError, before any work, when an output of this run cannot be written:
+    the --json file, the video, or a drawing in any of the folders the drawings go to."""
+    targets = [args.json] if args.json else []
+    if args.video:
+        targets.append(video_output_path(args.video, args.output))
+    else:  # One drawing per folder stands for all the drawings there.
+        drawings = [output_path(path, args.output, OUTPUT_SUFFIX) for path in paths]
+        targets += list({os.path.dirname(drawing): drawing for drawing in drawings}.values())
+    for target in targets:
+        utils.check_writable(target)
 
 
 def write_image(path, image_bgr):
@@ -366,13 +348,22 @@ def _open_writer(path, frame, fps):
     return writer
 
 
+def warn_if_cut(source, frames_read, announced):
+    """Warn on stderr when a video file gave fewer frames than its container announces: OpenCV
+    ends a cut or damaged file at the first frame it cannot decode, without an error."""
+    if 0 < frames_read < announced:
+        print(f"warning: {source}: only {frames_read} of the {announced} frames the file "
+              "announces could be read; the rest is cut off or damaged", file=sys.stderr)
+
+
 def _annotate_video(network, cfg, capture, writer_path, args):
     """Read, estimate (batched stream, frames in order), draw and write every frame; returns
     (entries, frames written)."""
     from tqdm import tqdm
 
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # -1 or 0 when unknown
+    total = announced if announced > 0 else None
     if args.max_frames:
         total = min(total or args.max_frames, args.max_frames)
     stem = "camera" + args.video if args.video.isdigit() else \
@@ -393,9 +384,12 @@ def _annotate_video(network, cfg, capture, writer_path, args):
                 bar.update(1)
     except KeyboardInterrupt:
         print("interrupted: keeping the frames done so far", file=sys.stderr)
+        announced = 0  # Stopped by the user, not by the file.
     finally:
         if writer is not None:
             writer.release()
+    if not args.video.isdigit() and not (args.max_frames and count == args.max_frames):
+        warn_if_cut(args.video, count, announced)
     return entries, count
 
 
@@ -457,8 +451,8 @@ def run(args):
     if not args.video and not paths:
         where = ", ".join(args.image or [DEFAULT_IMAGES_DIR])
         raise DemoError(f"no images found in {where}; pass --image PATH or add .jpg/.png files")
-    network, checkpoint_cfg = load_network(checkpoint)
-    cfg = inference_config(checkpoint_cfg, overrides)
+    check_outputs(args, paths)
+    network, cfg = load_network(checkpoint, overrides)
     print(f"model {checkpoint}; scales {tuple(cfg.scales)}, flip test {cfg.flip_test}")
     skipped = []
     if args.video:
@@ -468,7 +462,7 @@ def run(args):
         where = args.output or "beside the inputs"
         print(f"{len(entries)} image(s) done, results {where}; {len(skipped)} skipped")
     if args.json:
-        utils.atomic_write_json(args.json, entries)
+        utils.write_json_output(args.json, entries)
         print(f"wrote {args.json} ({len(entries)} entries)")
     return 1 if skipped and not entries else 0
 
@@ -481,11 +475,14 @@ def main(argv=None):
         parser.error("--max-frames must be >= 0")
     try:
         return run(args)
-    except DemoError as error:
+    except (DemoError, utils.OutputError) as error:
         print(f"demo.py: error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:  # e.g. invalid maps or settings found during inference
+    except ValueError as error:  # A checkpoint, settings or maps found wrong on the way.
         print(f"demo.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:  # A drawing that could not be written (a disk that filled up).
+        print(f"demo.py: error: {error.filename}: {utils.os_reason(error)}", file=sys.stderr)
         return 2
 
 

@@ -16,11 +16,9 @@ import math
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 import utils
 from config import AIC_RELEASES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
@@ -451,10 +449,8 @@ def _draw_split(folder, split, indices, seed, jobs, marker):
             handle.write(jpeg)
         return annotation
 
-    # pool.map keeps the indices' order, so the annotation file does not depend on the threads.
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        annotations = list(tqdm(pool.map(make, indices), total=len(indices), unit="img",
-                                desc=f"synthetic {split}", mininterval=0.5))
+    # map_ordered keeps the indices' order: the annotation file does not depend on the threads.
+    annotations = utils.map_ordered(make, indices, jobs, f"synthetic {split}")
     with open(os.path.join(folder, release.annotations), "w", encoding="utf-8") as handle:
         handle.write(json.dumps(annotations))
     with open(os.path.join(folder, SYNTHETIC_MARKER), "w", encoding="utf-8") as handle:
