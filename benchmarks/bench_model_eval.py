@@ -101,7 +101,7 @@ def multiply_adds_per_pixel(network, cfg):
                     if isinstance(layer, keras.layers.Conv2D)]
     probe = keras.Model(network.inputs, [layer.output for layer in convolutions])
     side = 8 * int(cfg.stride)
-    outputs = probe(np.zeros((1, side, side, 3), np.float32))
+    outputs = probe([np.zeros((1, side, side, 3), np.float32)])
     total = sum(int(np.prod(output.shape[1:3])) * int(np.prod(layer.kernel.shape))
                 for layer, output in zip(convolutions, outputs))
     return total / (side * side)
