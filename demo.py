@@ -28,6 +28,7 @@ import numpy as np
 
 import config
 import inference
+import runtimes
 import utils
 from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
 
@@ -81,12 +82,19 @@ def inference_config(checkpoint_cfg, overrides):
     return dataclasses.replace(checkpoint_cfg, **overrides)
 
 
-def load_network(path):
-    """model.load_checkpoint(path) with one-line errors; (model, checkpoint config)."""
-    import model as model_module
-
+def load_network(path, threads=0):
+    """model.load_checkpoint(path) with one-line errors; (model, checkpoint config). An
+    exported model (SavedModel folder, .onnx, .tflite) loads through runtimes.load instead,
+    without importing TensorFlow for ONNX and LiteRT."""
     if not os.path.exists(path):
         raise DemoError(f"{path}: checkpoint not found; {TRAIN_HINT}")
+    try:
+        if runtimes.format_of(path) != "keras":
+            return runtimes.load(path, threads)
+    except runtimes.RuntimeLoadError as error:
+        raise DemoError(str(error))
+    import model as model_module
+
     try:
         network, cfg = model_module.load_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -428,8 +436,9 @@ def build_parser():
     source.add_argument("--video", metavar="PATH|CAMERA",
                         help="a video file, or a camera index such as 0")
     parser.add_argument("--model", metavar="PATH",
-                        help="checkpoint (.keras, config.json beside it) or run folder; default: "
-                             "newest models/*/best.keras, else */last.keras")
+                        help="checkpoint (.keras, config.json beside it) or run folder, or a "
+                             "model exported by export.py (SavedModel folder, .onnx, .tflite); "
+                             "default: newest models/*/best.keras, else */last.keras")
     parser.add_argument("--output", metavar="DIR",
                         help="write results here instead of beside the inputs")
     parser.add_argument("--json", metavar="OUT",
@@ -457,7 +466,7 @@ def run(args):
     if not args.video and not paths:
         where = ", ".join(args.image or [DEFAULT_IMAGES_DIR])
         raise DemoError(f"no images found in {where}; pass --image PATH or add .jpg/.png files")
-    network, checkpoint_cfg = load_network(checkpoint)
+    network, checkpoint_cfg = load_network(checkpoint, overrides.get("runtime_threads", 0))
     cfg = inference_config(checkpoint_cfg, overrides)
     print(f"model {checkpoint}; scales {tuple(cfg.scales)}, flip test {cfg.flip_test}")
     skipped = []

@@ -268,8 +268,9 @@ def build_parser():
     mode.add_argument("--submit", metavar="PRED.json", help="score this submission file")
     mode.add_argument("--model", metavar="PATH",
                       help="run this checkpoint (model.load_checkpoint) over --images with "
-                           "its own config.json; config options given here override it "
-                           "(--preset is not used)")
+                           "its own config.json, or a model exported by export.py (SavedModel "
+                           "folder, .onnx, .tflite; config from its sidecar JSON); config "
+                           "options given here override it (--preset is not used)")
     mode.add_argument("--oracle", action="store_true",
                       help="render the reference's ground-truth maps, parse and score them")
     parser.add_argument("--ref", metavar="ANNOTATIONS.json",
@@ -313,18 +314,12 @@ def run_submit(args):
 
 
 def run_model(args):
-    import model as model_module
-
     references = load_json_list(args.ref, "reference") if args.ref else None
     if references is not None and args.limit is not None:
         references = references[:args.limit]
     if references is not None:
         parse_references(references)
-    try:
-        network, checkpoint_cfg = model_module.load_checkpoint(args.model)
-    except (OSError, ValueError) as error:
-        detail = str(error) if args.model in str(error) else f"{args.model}: {error}"
-        raise InputError(f"cannot load the checkpoint: {detail}")
+    network, checkpoint_cfg = load_model(args.model, getattr(args, "cfg_runtime_threads", 0))
     cfg = _inference_config(checkpoint_cfg, args)
     warnings = []
     items = image_list(args.images, references, args.limit)
@@ -339,6 +334,22 @@ def run_model(args):
     result = aic_map(predictions, references)
     result["warnings"] = warnings + result["warnings"]
     report(result, args, {"predictions_file": out})
+
+
+def load_model(path, threads=0):
+    """(network, config) of a checkpoint (model.load_checkpoint) or of a model exported by
+    export.py (runtimes.load, no TensorFlow for ONNX and LiteRT); InputError."""
+    import runtimes
+
+    try:
+        if runtimes.format_of(path) != "keras":
+            return runtimes.load(path, threads or 0)
+        import model as model_module
+
+        return model_module.load_checkpoint(path)
+    except (OSError, ValueError) as error:
+        detail = str(error) if path in str(error) else f"{path}: {error}"
+        raise InputError(f"cannot load the model: {' '.join(detail.split())}")
 
 
 def run_oracle(args):
