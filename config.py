@@ -281,12 +281,15 @@ class Config:
     # Video (demo.py --video): tracking people across frames and smoothing their keypoints.
     # A detection continues a track when their keypoint similarity (OKS) is at least this.
     track_min_oks: float = video(0.2)
+    # Tracking's OKS tolerances are the metric's per-keypoint constants times this: people
+    # move between frames, and the metric's constants allow for annotation noise only.
+    track_oks_scale: float = video(4.0)
     track_max_missed: int = video(2)  # Frames a track may go unmatched before its id retires.
     # One-Euro smoothing of tracked keypoints (drawings and track lines; never --json).
     temporal_smoothing: bool = video(True)
     one_euro_min_cutoff: float = video(1.0)  # Cutoff (Hz) at rest: lower smooths more.
     # Cutoff increase per pixel/s of speed: higher lags less on fast moves.
-    one_euro_beta: float = video(0.05)
+    one_euro_beta: float = video(0.02)
     one_euro_derivative_cutoff: float = video(1.0)  # Cutoff (Hz) of the speed estimate.
 
     def to_dict(self):
