@@ -289,7 +289,7 @@ class Config:
     temporal_smoothing: bool = video(True)
     one_euro_min_cutoff: float = video(1.0)  # Cutoff (Hz) at rest: lower smooths more.
     # Cutoff increase per pixel/s of speed: higher lags less on fast moves.
-    one_euro_beta: float = video(0.02)
+    one_euro_beta: float = video(0.05)
     one_euro_derivative_cutoff: float = video(1.0)  # Cutoff (Hz) of the speed estimate.
 
     def to_dict(self):
