@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_errors_are_one_line_with_status_2(tmp_path, tiny_onnx, capsys, monkeypa
 
     lone = tmp_path / "lone"
     lone.mkdir()
-    (lone / "best.keras").write_bytes(open(checkpoint, "rb").read())
+    shutil.copy(checkpoint, lone / "best.keras")
     assert export.main(["--model", str(lone / "best.keras"), "--format", "onnx"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "config.json: missing" in error

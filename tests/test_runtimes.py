@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,7 +42,7 @@ def test_a_missing_runtime_package_names_what_to_install(tiny_onnx, monkeypatch)
 
 def test_an_export_without_its_sidecar_is_refused(tiny_onnx, tmp_path, capsys):
     lone = tmp_path / "lone.onnx"
-    lone.write_bytes(open(tiny_onnx[0], "rb").read())
+    shutil.copy(tiny_onnx[0], lone)
     with pytest.raises(runtimes.RuntimeLoadError, match="lone.onnx.json: missing"):
         runtimes.load(str(lone))
     assert demo.main(["--model", str(lone), "--image", tiny_onnx[2]]) == 2
