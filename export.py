@@ -4,6 +4,7 @@
     python export.py --model models/cpu/best.keras --format saved_model   # best_saved_model/
     python export.py --model models/cpu/best.keras --format litert        # float32, float16, int8
     python export.py --model M.keras --format litert --litert_quantization int8 --out m.tflite
+    python export.py --model models/cpu/best.keras --format saved_model onnx litert   # all
 
 The artefact takes a float32 RGB batch "image" (N, H, W, 3), values 0..255, any H and W that are
 multiples of the stride (the network normalises its input itself), and returns the last stage's
@@ -134,21 +135,30 @@ def artefact_paths(checkpoint, kind, out, quantizations):
     return [(f"{base}_{quantization}.tflite", quantization) for quantization in quantizations]
 
 
-def export(network, cfg, kind, targets):
-    """Write each (path, quantization) of `targets` in format `kind` and its sidecar."""
+def write_litert(network, targets, saved_model=None):
+    """The LiteRT files of targets [(path, quantization)], converted from the SavedModel
+    folder `saved_model` (one written by this export), else from one written meanwhile."""
+    with tempfile.TemporaryDirectory(prefix=".tmp-export-") as staging:
+        if saved_model is None:
+            saved_model = os.path.join(staging, "saved_model")
+            write_saved_model(network, saved_model)
+        for path, quantization in targets:
+            data = litert_bytes(saved_model, quantization)
+            with utils.atomic_path(path) as temporary:
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+
+
+def export(network, cfg, kind, targets, saved_model=None):
+    """Write each (path, quantization) of `targets` in format `kind` and its sidecar; LiteRT
+    files are converted from the SavedModel folder `saved_model` when one is given."""
     if kind == "saved_model":
         atomic_folder(lambda folder: write_saved_model(network, folder), targets[0][0])
     elif kind == "onnx":
         with utils.atomic_path(targets[0][0]) as temporary:
             write_onnx(network, temporary)
     else:
-        with tempfile.TemporaryDirectory(prefix=".tmp-export-") as staging:
-            write_saved_model(network, os.path.join(staging, "saved_model"))
-            for path, quantization in targets:
-                data = litert_bytes(os.path.join(staging, "saved_model"), quantization)
-                with utils.atomic_path(path) as temporary:
-                    with open(temporary, "wb") as handle:
-                        handle.write(data)
+        write_litert(network, targets, saved_model)
     for path, quantization in targets:
         utils.atomic_write_json(runtimes.sidecar_path(path),
                                 runtimes.sidecar(cfg, kind, quantization), indent=2)
@@ -248,8 +258,10 @@ def build_parser():
                "The last line is JSON.", allow_abbrev=False)
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="checkpoint (.keras with config.json beside it) or run folder")
-    parser.add_argument("--format", required=True, choices=("saved_model", "onnx", "litert"),
-                        help="artefact format")
+    parser.add_argument("--format", required=True, nargs="+", metavar="FORMAT",
+                        choices=("saved_model", "onnx", "litert"),
+                        help="artefact format(s): saved_model, onnx, litert (several at once "
+                             "share one model load and parity run)")
     parser.add_argument("--out", metavar="PATH",
                         help="artefact path (default beside the checkpoint: best.onnx, "
                              "best_saved_model/, best_<quantization>.tflite); for several "
@@ -283,14 +295,13 @@ def export_config(checkpoint_cfg, args):
     return dataclasses.replace(checkpoint_cfg, **overrides)
 
 
-def check_packages(kind, check):
-    """MissingPackageError (via ExportError) before any work when a needed package is absent."""
-    needed = {"onnx": [("tf2onnx", "tf2onnx", "exporting to ONNX")]}.get(kind, [])
-    if check and kind == "onnx":
-        needed.append(("onnxruntime", "onnxruntime", "checking the .onnx file"))
-    for module, package, purpose in needed:
-        runtimes.import_package(module, package, purpose)
-    if check and kind == "litert":
+def check_packages(formats, check):
+    """MissingPackageError before any work when a package that `formats` need is absent."""
+    if "onnx" in formats:
+        runtimes.import_package("tf2onnx", "tf2onnx", "exporting to ONNX")
+        if check:
+            runtimes.import_package("onnxruntime", "onnxruntime", "checking the .onnx file")
+    if check and "litert" in formats:
         runtimes.litert_interpreter_class()
 
 
@@ -345,6 +356,20 @@ def artefact_size(path):
     return os.path.getsize(path)
 
 
+def export_formats(network, cfg, args):
+    """Write every format asked for; [(format, path, quantization)] of the artefacts."""
+    formats = list(dict.fromkeys(args.format))
+    quantizations = (LITERT_QUANTIZATIONS if args.litert_quantization == "all"
+                     else (args.litert_quantization,))
+    written, saved_model = [], None
+    for kind in sorted(formats, key=("saved_model", "onnx", "litert").index):
+        targets = artefact_paths(args.model, kind, args.out, quantizations)
+        export(network, cfg, kind, targets, saved_model)
+        saved_model = targets[0][0] if kind == "saved_model" else saved_model
+        written += [(kind, path, quantization) for path, quantization in targets]
+    return written
+
+
 def run(args):
     """Export and check; returns the exit status (0 or 1). Raises ExportError and friends."""
     import model as model_module
@@ -355,18 +380,16 @@ def run(args):
     except (OSError, ValueError) as error:
         raise ExportError(" ".join(str(error).split()))
     cfg = export_config(checkpoint_cfg, args)
-    quantizations = (LITERT_QUANTIZATIONS if args.litert_quantization == "all"
-                     else (args.litert_quantization,))
-    targets = artefact_paths(args.model, args.format, args.out, quantizations)
-    export(network, cfg, args.format, targets)
+    written = export_formats(network, cfg, args)
+    targets = [(path, quantization) for _, path, quantization in written]
     results = [None] * len(targets) if args.no_check else check_artefacts(network, cfg,
                                                                           targets, args)
     summary = []
-    for (path, quantization), result in zip(targets, results):
+    for (kind, path, quantization), result in zip(written, results):
         print(describe(path, quantization, result))
-        summary.append(dict(result or {}, path=path, quantization=quantization,
+        summary.append(dict(result or {}, format=kind, path=path, quantization=quantization,
                             bytes=artefact_size(path), sidecar=runtimes.sidecar_path(path)))
-    print(json.dumps({"format": args.format, "artefacts": summary}))
+    print(json.dumps({"artefacts": summary}))
     return 0 if all(result is None or result["passed"] for result in results) else 1
 
 
@@ -375,6 +398,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         build_parser().error("--limit must be >= 1")
+    if args.out and len(set(args.format)) > 1:
+        build_parser().error("--out names one artefact: give one --format with it")
     try:
         return run(args)
     except (ExportError, runtimes.RuntimeLoadError, ValueError) as error:

@@ -77,9 +77,13 @@ def sample_images_folder(folder, sizes=((40, 56), (48, 40))):
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory):
-    """(ONNX path, checkpoint path, images folder, export's JSON summary) of a tiny checkpoint
-    exported by export.py, its parity check run on two small random images."""
+def tiny_exports(tmp_path_factory):
+    """A tiny checkpoint exported by export.py to every format in one command, its parity check
+    run on two small random images, with --peak_threshold 0.05 given (an inference setting).
+
+    A dict: checkpoint, images (folder), summary (export's JSON line), onnx, saved_model (paths)
+    and litert ({quantization: path}).
+    """
     import json
 
     import export
@@ -87,11 +91,14 @@ def tiny_onnx(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     checkpoint, _ = save_tiny_checkpoint(root / "run")
     images = sample_images_folder(root / "images")
-    out = str(root / "run" / "tiny.onnx")
     capture = io.StringIO()
     with contextlib.redirect_stdout(capture):
-        status = export.main(["--model", checkpoint, "--format", "onnx", "--out", out,
-                              "--images", images])
+        status = export.main(["--model", checkpoint, "--format", "onnx", "saved_model",
+                              "litert", "--images", images, "--peak_threshold", "0.05"])
     assert status == 0, capture.getvalue()
-    summary = json.loads(capture.getvalue().strip().splitlines()[-1])
-    return out, checkpoint, images, summary
+    run = root / "run"
+    return {"checkpoint": checkpoint, "images": images,
+            "summary": json.loads(capture.getvalue().strip().splitlines()[-1]),
+            "onnx": str(run / "best.onnx"), "saved_model": str(run / "best_saved_model"),
+            "litert": {quantization: str(run / f"best_{quantization}.tflite")
+                       for quantization in export.LITERT_QUANTIZATIONS}}

@@ -29,10 +29,10 @@ def test_format_of_paths(tmp_path):
     assert runtimes.sidecar_path(str(tmp_path / "saved") + "/") == str(tmp_path / "saved.json")
 
 
-def test_a_missing_runtime_package_names_what_to_install(tiny_onnx, monkeypatch):
+def test_a_missing_runtime_package_names_what_to_install(tiny_exports, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(runtimes.MissingPackageError, match="pip install onnxruntime"):
-        runtimes.load(tiny_onnx[0])
+        runtimes.load(tiny_exports["onnx"])
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tensorflow", None)
@@ -40,18 +40,19 @@ def test_a_missing_runtime_package_names_what_to_install(tiny_onnx, monkeypatch)
         runtimes.litert_interpreter_class()
 
 
-def test_an_export_without_its_sidecar_is_refused(tiny_onnx, tmp_path, capsys):
+def test_an_export_without_its_sidecar_is_refused(tiny_exports, tmp_path, capsys):
     lone = tmp_path / "lone.onnx"
-    shutil.copy(tiny_onnx[0], lone)
+    shutil.copy(tiny_exports["onnx"], lone)
     with pytest.raises(runtimes.RuntimeLoadError, match="lone.onnx.json: missing"):
         runtimes.load(str(lone))
-    assert demo.main(["--model", str(lone), "--image", tiny_onnx[2]]) == 2
+    assert demo.main(["--model", str(lone), "--image", tiny_exports["images"]]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "export.py writes beside it" in error
 
 
-def test_demo_and_evaluate_give_the_keras_predictions_from_onnx(tiny_onnx, tmp_path):
-    onnx_path, checkpoint, images, _ = tiny_onnx
+def test_demo_and_evaluate_give_the_keras_predictions_from_onnx(tiny_exports, tmp_path):
+    onnx_path, checkpoint = tiny_exports["onnx"], tiny_exports["checkpoint"]
+    images = tiny_exports["images"]
     outputs = {}
     for name, model_path in (("keras", checkpoint), ("onnx", onnx_path)):
         out = tmp_path / f"{name}.json"
@@ -93,8 +94,9 @@ HIDDEN_TENSORFLOW = textwrap.dedent("""
 """)
 
 
-def test_the_onnx_path_runs_with_tensorflow_hidden(tiny_onnx, tmp_path):
-    onnx_path, checkpoint, images, _ = tiny_onnx
+def test_the_onnx_path_runs_with_tensorflow_hidden(tiny_exports, tmp_path):
+    onnx_path, checkpoint = tiny_exports["onnx"], tiny_exports["checkpoint"]
+    images = tiny_exports["images"]
     out, maps_out = tmp_path / "people.json", tmp_path / "maps.npz"
     completed = subprocess.run(
         [sys.executable, "-c", HIDDEN_TENSORFLOW, onnx_path, images, str(out), str(maps_out)],
