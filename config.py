@@ -284,7 +284,8 @@ class Config:
     # Tracking's OKS tolerances are the metric's per-keypoint constants times this: people
     # move between frames, and the metric's constants allow for annotation noise only.
     track_oks_scale: float = video(4.0)
-    track_max_missed: int = video(2)  # Frames a track may go unmatched before its id retires.
+    # Frames a track may go unmatched (occluded, missed) before its id retires.
+    track_max_missed: int = video(4)
     # One-Euro smoothing of tracked keypoints (drawings and track lines; never --json).
     temporal_smoothing: bool = video(True)
     one_euro_min_cutoff: float = video(1.0)  # Cutoff (Hz) at rest: lower smooths more.

@@ -26,16 +26,20 @@ from config import AIC_OKS_SIGMAS, NUM_JOINTS
 
 # The AI Challenger metric's per-keypoint constants: the evaluator doubles the sigmas.
 OKS_DELTAS = 2.0 * np.asarray(AIC_OKS_SIGMAS, dtype=np.float64)
+# Joints found in both frames that a velocity estimate needs.
+MIN_VELOCITY_JOINTS = 3
 
 
 def keypoint_similarity(first, second, scale=1.0):
     """OKS of every pair of people: float64 (len(first), len(second)).
 
     first, second: (N, NUM_JOINTS, 3) and (M, NUM_JOINTS, 3) of (x, y, score), score 0 where a
-    joint is missing. As the AI Challenger metric, exp(-d^2 / 2 / delta_k^2 / (area + 1))
-    averaged over the joints found in both, where delta_k is the metric's constant times
-    `scale` and area is that of the box around the found joints of the person of `first` (the
-    track); 0 for pairs with no joint in common.
+    joint is missing. As the AI Challenger metric, exp(-d^2 / 2 / delta_k^2 / (area + 1)),
+    where delta_k is the metric's constant times `scale` and area is that of the box around the
+    found joints of the person of `first` (the track); averaged over the joints found in either
+    person, a joint found in only one counting 0, so that a fragment of a person (a few joints
+    the parser split off) resembles the whole person less than the person's own track does.
+    0 for pairs with no joint in common.
     """
     first = np.asarray(first, dtype=np.float64).reshape(-1, NUM_JOINTS, 3)
     second = np.asarray(second, dtype=np.float64).reshape(-1, NUM_JOINTS, 3)
@@ -48,8 +52,9 @@ def keypoint_similarity(first, second, scale=1.0):
     deltas = OKS_DELTAS * float(scale)
     terms = np.exp(-distance2 / 2.0 / deltas ** 2 / (area[:, None, None] + 1.0))
     common = found_first[:, None, :] & found_second[None, :, :]
-    counted = common.sum(axis=2)
-    return np.where(counted > 0, (terms * common).sum(axis=2) / np.maximum(counted, 1), 0.0)
+    either = (found_first[:, None, :] | found_second[None, :, :]).sum(axis=2)
+    return np.where(common.any(axis=2), (terms * common).sum(axis=2) / np.maximum(either, 1),
+                    0.0)
 
 
 def _smoothing_factor(cutoff, elapsed):
@@ -114,12 +119,14 @@ class Track:
         return person
 
     def follow(self, person, time):
-        """Continue with a matched detection; the velocity is the mean move of the joints
-        found in both, per second."""
+        """Continue with a matched detection. The velocity is the median move per second of
+        the joints found in both (at least MIN_VELOCITY_JOINTS), averaged with the previous
+        one: a detection missing most joints, or one joint found in the wrong place, then
+        cannot throw the prediction off."""
         common = (person[:, 2] > 0) & (self.person[:, 2] > 0)
-        if common.any() and time > self.time:
-            move = (person[common, :2] - self.person[common, :2]).mean(axis=0)
-            self.velocity = move / (time - self.time)
+        if common.sum() >= MIN_VELOCITY_JOINTS and time > self.time:
+            move = np.median(person[common, :2] - self.person[common, :2], axis=0)
+            self.velocity = 0.5 * (self.velocity + move / (time - self.time))
         self.person, self.time, self.missed = person.copy(), time, 0
 
 

@@ -34,10 +34,13 @@ def test_keypoint_similarity_by_hand():
     detection = np.zeros((1, NUM_JOINTS, 3))
     detection[0, 0] = [3, 4, 1]  # 5 pixels away: d^2 = 25
     detection[0, 13] = [30, 40, 1]
-    detection[0, 5] = [99, 99, 1]  # not in the track: not counted
+    detection[0, 5] = [99, 99, 1]  # not in the track
     delta = 2 * config.AIC_OKS_SIGMAS[0]
-    expected = (math.exp(-25 / 2 / delta ** 2 / 1201) + 1.0) / 2
+    # Three joints found in either person: joint 5 (only in the detection) counts 0.
+    expected = (math.exp(-25 / 2 / delta ** 2 / 1201) + 1.0) / 3
     assert tracking.keypoint_similarity(track, detection)[0, 0] == pytest.approx(expected)
+    wider = (math.exp(-25 / 2 / (3 * delta) ** 2 / 1201) + 1.0) / 3
+    assert tracking.keypoint_similarity(track, detection, 3.0)[0, 0] == pytest.approx(wider)
     elsewhere = np.zeros((1, NUM_JOINTS, 3))
     elsewhere[0, 7] = [30, 40, 1]  # no joint in common
     assert tracking.keypoint_similarity(track, elsewhere).tolist() == [[0.0]]
@@ -90,7 +93,7 @@ def test_id_switches_by_hand():
 
 
 def test_ids_survive_shuffles_jitter_and_two_missed_frames():
-    cfg = video_config(temporal_smoothing=False)
+    cfg = video_config(temporal_smoothing=False, track_max_missed=2)
     tracker, rng, assignments = tracking.Tracker(cfg), np.random.default_rng(2), []
     for frame, people in enumerate(walking_people(20, jitter=1.5)):
         present = [index for index in range(3) if not (frame in (5, 6) and index == 1)]
