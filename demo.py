@@ -109,6 +109,7 @@ def load_network(path, threads=0):
         raise DemoError(str(error))
     import model as model_module
 
+    runtimes.set_tensorflow_threads(threads)
     try:
         network, cfg = model_module.load_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as error:

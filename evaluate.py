@@ -346,6 +346,7 @@ def load_model(path, threads=0):
             return runtimes.load(path, threads or 0)
         import model as model_module
 
+        runtimes.set_tensorflow_threads(threads)
         return model_module.load_checkpoint(path)
     except (OSError, ValueError) as error:
         detail = str(error) if path in str(error) else f"{path}: {error}"

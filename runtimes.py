@@ -245,10 +245,9 @@ EXPORTED_RUNTIMES = {"saved_model": SavedModelRuntime, "onnx": OnnxRuntime,
                      "litert": LiteRtRuntime}
 
 
-def load_keras(path, threads=0):
-    """(KerasRuntime, Config) of a checkpoint via model.load_checkpoint (config.json beside)."""
-    import model as model_module
-
+def set_tensorflow_threads(threads):
+    """Ask TensorFlow for `threads` intra-op threads (0: leave its default, every core). Only
+    possible before TensorFlow starts its thread pools; afterwards this does nothing."""
     if threads:
         import tensorflow as tf
 
@@ -256,6 +255,13 @@ def load_keras(path, threads=0):
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         except RuntimeError:  # TensorFlow already started: its thread pools are fixed
             pass
+
+
+def load_keras(path, threads=0):
+    """(KerasRuntime, Config) of a checkpoint via model.load_checkpoint (config.json beside)."""
+    import model as model_module
+
+    set_tensorflow_threads(threads)
     try:
         network, cfg = model_module.load_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
