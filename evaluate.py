@@ -279,9 +279,11 @@ def build_parser():
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--submit", metavar="PRED.json", help="score this submission file")
     mode.add_argument("--model", metavar="PATH",
-                      help="run this checkpoint (model.load_for_inference) over --images with "
-                           "its own config.json; inference options given here override it "
-                           "(--preset is not used)")
+                      help="run this checkpoint (its own config.json) or a model exported by "
+                           "export.py (SavedModel folder, .onnx, .tflite; config from its "
+                           "sidecar JSON) over --images (runtimes.load_for_inference); "
+                           "inference options given here override its config (--preset is "
+                           "not used)")
     mode.add_argument("--oracle", action="store_true",
                       help="render the reference's ground-truth maps, parse and score them")
     parser.add_argument("--ref", metavar="ANNOTATIONS.json",
@@ -329,7 +331,7 @@ def run_submit(args):
 
 
 def run_model(args):
-    import model as model_module
+    import runtimes
 
     references = load_json_list(args.ref, "reference") if args.ref else None
     if references is not None and args.limit is not None:
@@ -337,9 +339,9 @@ def run_model(args):
     if references is not None:
         parse_references(references)
     try:
-        network, cfg = model_module.load_for_inference(args.model,
-                                                       config.overrides_from_args(args))
-    except ValueError as error:  # model.CheckpointError included: one line naming the file.
+        network, cfg = runtimes.load_for_inference(args.model,
+                                                   config.overrides_from_args(args))
+    except ValueError as error:  # RuntimeLoadError included: one line naming the file.
         raise InputError(str(error)) from error
     warnings = []
     items = image_list(args.images, references, args.limit)

@@ -692,7 +692,8 @@ def network_function(model):
     A Keras model on the TensorFlow backend is wrapped once in a tf.function whose input shape
     is left open, so every input shape runs one traced graph: called eagerly, the network
     spends much of a small batch's time in per-layer Python overhead. Other callables (the
-    tests' stand-ins) are called as model(batch, training=False).
+    tests' stand-ins, and runtimes.py's exported models: SavedModel, ONNX Runtime, LiteRT) are
+    called as model(batch, training=False).
     """
     if model in _COMPILED:
         return _COMPILED[model]

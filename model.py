@@ -53,7 +53,8 @@ multipliers (``learning_rate_multiplier``) are here too, in keras.ops, so that e
 backend trains the network the same way (train.py on TensorFlow, benchmarks/bench_jax.py on
 JAX). ``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read
 files (the weights file or checkpoint the user names); ``build_model`` does no I/O.
-``load_for_inference`` is how demo.py and evaluate.py load a checkpoint.
+``runtimes.load_for_inference`` is how demo.py and evaluate.py load a checkpoint (or an
+exported model).
 """
 
 from __future__ import annotations
@@ -483,20 +484,6 @@ def load_checkpoint(path):
                               f"({str(error).splitlines()[0]})") from error
     check_fully_loaded(network.weights, path)
     return network, cfg
-
-
-def load_for_inference(path, overrides=None):
-    """(keras.Model, Config) to run the checkpoint at `path` with: load_checkpoint, then its
-    config with `overrides` ({field: value} from the command line) on top.
-
-    The one way demo.py and evaluate.py load a network. Only inference settings and paths may
-    be overridden (config.inference_config); a ValueError naming another field is raised before
-    the network is loaded. Raises CheckpointError as load_checkpoint does.
-    """
-    overrides = dict(overrides or {})
-    config_module.inference_config(config_module.Config(), overrides)  # Fail before loading.
-    network, saved = load_checkpoint(path)
-    return network, config_module.inference_config(saved, overrides)
 
 
 def _checkpoint_file(path):

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import cv2
 import numpy as np
@@ -107,10 +106,9 @@ def fake_model_mode(tmp_path, monkeypatch):
 
     import inference
     monkeypatch.setattr(inference, "estimate_poses_stream", fake_stream)
-    fake_model = types.ModuleType("model")
-    fake_model.load_for_inference = lambda path, overrides: (
-        "network", config.inference_config(config.make_config("cpu"), overrides))
-    monkeypatch.setitem(sys.modules, "model", fake_model)
+    import runtimes
+    monkeypatch.setattr(runtimes, "load_for_inference", lambda path, overrides: (
+        "network", config.inference_config(config.make_config("cpu"), overrides)))
     return images
 
 
@@ -136,7 +134,7 @@ def test_an_unwritable_output_fails_before_any_work(fake_model_mode, tmp_path, m
 
     def no_work(*args, **kwargs):
         raise AssertionError("the model ran before the outputs were checked")
-    monkeypatch.setattr(sys.modules["model"], "load_for_inference", no_work)
+    monkeypatch.setattr(sys.modules["runtimes"], "load_for_inference", no_work)
     status = evaluate.main(["--model", "ckpt.keras", "--images", str(fake_model_mode), "--ref",
                             REFERENCE_SMALL, option, str(out), "--no_progress"])
     assert status == 2

@@ -306,22 +306,6 @@ def test_load_checkpoint_names_a_file_that_is_not_a_keras_archive(tmp_path):
         model.load_checkpoint(str(tmp_path / "run" / "last.keras"))
 
 
-def test_load_for_inference_puts_inference_settings_on_the_checkpoints_config(tmp_path,
-                                                                              monkeypatch):
-    cfg = tiny_config(batch_norm=True)
-    network = saved_run(tmp_path / "run", cfg)
-    loaded, loaded_cfg = model.load_for_inference(str(tmp_path / "run"), {"scales": (1, 2)})
-    assert loaded_cfg == dataclasses.replace(cfg, scales=(1, 2))
-    for mine, theirs in zip(network.get_weights(), loaded.get_weights()):
-        np.testing.assert_array_equal(mine, theirs)
-
-    def no_loading(path):
-        raise AssertionError("loaded before the settings were checked")
-    monkeypatch.setattr(model, "load_checkpoint", no_loading)
-    with pytest.raises(ValueError, match="--batch_norm is fixed by the checkpoint"):
-        model.load_for_inference(str(tmp_path / "run"), {"batch_norm": False})
-
-
 def test_load_checkpoint_names_a_config_json_it_cannot_read(tmp_path):
     saved_run(tmp_path / "run", tiny_config())
     (tmp_path / "run" / "config.json").write_text("{not json")
