@@ -26,7 +26,6 @@ line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -48,8 +47,6 @@ LITERT_QUANTIZATIONS = ("float32", "float16", "int8")
 # the quantised tolerances are about three times those largest differences.
 PARITY_TOLERANCE = {"float32": 1e-4, "float16": 0.03, "int8": 0.3}
 DEFAULT_SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images", "samples")
-# Config fields that an export may change: what runtimes use (the network is fixed).
-EXPORT_OVERRIDABLE_ROLES = (config.INFERENCE, config.VIDEO)
 
 
 class ExportError(Exception):
@@ -285,14 +282,12 @@ def build_parser():
 
 
 def export_config(checkpoint_cfg, args):
-    """The checkpoint's config with the inference and video settings given here on top."""
-    overrides = config.overrides_from_args(args)
-    allowed = config.fields_with_role(*EXPORT_OVERRIDABLE_ROLES)
-    fixed = sorted(set(overrides) - set(allowed))
-    if fixed:
-        raise ExportError(f"--{fixed[0]} is fixed by the checkpoint; an export may only change "
-                          f"inference and video settings ({', '.join(allowed)})")
-    return dataclasses.replace(checkpoint_cfg, **overrides)
+    """The checkpoint's config with the inference and video settings given here on top
+    (config.inference_config: the rule demo.py and evaluate.py follow)."""
+    try:
+        return config.inference_config(checkpoint_cfg, config.overrides_from_args(args))
+    except ValueError as error:
+        raise ExportError(str(error)) from None
 
 
 def check_packages(formats, check):
