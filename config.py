@@ -149,6 +149,7 @@ class Config:
     color_jitter: float = 0.1  # Strength of random brightness/contrast/saturation changes.
     pad_value: int = 128  # Grey used where the crop falls outside the image.
     ignore_padding: bool = False  # Loss ignores cells over padding (the original counts them).
+    pipeline: str = "tf"  # tf: samples made by TensorFlow graph ops | numpy: NumPy/OpenCV oracle.
 
     # Optimisation.
     batch_size: int = 10  # Global batch size (split across replicas).
@@ -170,6 +171,7 @@ class Config:
     checkpoint_every_steps: int = 1000  # Also checkpoint every N steps; 0: only at epoch ends.
     seed: int = 0  # Seed of shuffling, augmentation and initialisation.
     strategy: str = "auto"  # auto | mirrored | multiworker (tf.distribute).
+    data_service_address: str = ""  # grpc://host:port of a tf.data service dispatcher, or "".
     mixed_precision: bool = False  # Train with the mixed_float16 policy.
     jit_compile: bool = False  # Compile the training step with XLA.
     resume: bool = False  # Continue the run from its last checkpoint.
