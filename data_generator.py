@@ -714,7 +714,10 @@ def make_dataset(cfg, split, training, shard=None, input_context=None, skip_coun
     else:
         samples = _numpy_samples(cfg, records, dataset.enumerate(), training, shard_index,
                                  skip_counts)
-    dataset = samples.batch(batch_size, drop_remainder=training)
+    # Both pipelines give uint8 images; the batch copies them on parallel threads, and the cast
+    # to float32 happens once per batch.
+    dataset = samples.batch(batch_size, drop_remainder=training,
+                            num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(_cast_images, num_parallel_calls=tf.data.AUTOTUNE)
     if service:
         dataset = distribute_on_service(dataset, cfg.data_service_address)

@@ -11,19 +11,19 @@ Conventions (as in data_generator.py)
     Points are (x, y[, v]) in pixels with pixel centres on integers; maps are (rows, cols, C);
     grid cell (r, c) stands for the input pixel (c * stride + (stride - 1) / 2,
     r * stride + (stride - 1) / 2). Geometry and target arithmetic are float64, as numpy's are,
-    so that cells on a limb's or a Gaussian's edge are decided the same way; images and maps are
-    float32. A 3x3 affine matrix maps source pixels (x, y, 1) to input pixels.
+    so that cells on a limb's or a Gaussian's edge are decided the same way; maps are float32,
+    images uint8 (see Images). A 3x3 affine matrix maps source pixels (x, y, 1) to input pixels.
 
 Randomness
     Each training sample draws NUM_DRAWS uniforms in [0, 1) with a stateless generator keyed by
     (cfg.seed, shard index, n, record index), n counting the samples drawn by that shard: a
-    sample does not depend on which thread made it. The draws are, in order: the anchor person, the scale factor,
-    the angle, the crop-centre jitter in x and y, the flip, then brightness, contrast and
-    saturation (the tests hand the same values to the numpy functions through a stand-in
-    generator). Given the seed, the pipeline is deterministic: the map preserves order and the
-    shuffle is seeded. Under tf.data service it is not: which worker makes which split, and so
-    the order of the batches, depends on timing (each sample's augmentation still depends only
-    on its key).
+    sample does not depend on which thread made it. The draws are, in order: the anchor person,
+    the scale factor, the angle, the crop-centre jitter in x and y, the flip, then brightness,
+    contrast and saturation (the tests hand the same values to the numpy functions through a
+    stand-in generator). Given the seed, the pipeline is deterministic: the map preserves order
+    and the shuffle is seeded. Under tf.data service it is not: which worker makes which split,
+    and so the order of the batches, depends on timing (each sample's augmentation still
+    depends only on its key).
 
 Where the time goes, and XLA
     Per sample, everything but the pixels (the random transform, the target maps and the loss
@@ -40,11 +40,12 @@ Images
     JPEG, PNG, GIF and BMP are recognised by their first bytes. JPEGs that will be shrunk by 2x
     or more are decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling, as the numpy path
     does; other formats are decoded whole. The warp is bilinear with pixel centres on integers
-    and a constant border of cfg.pad_value blended into edge pixels, as cv2.warpAffine, in
-    float32 with no rounding until the network sees the pixels; the colour jitter is the numpy
-    path's in float32 (the numpy path rounds through uint8, so the two differ by a grey level or
-    two). Validation resizes with area averaging (tf.image.resize, like cv2's INTER_AREA) and
-    pads bottom/right.
+    and a constant border of cfg.pad_value blended into edge pixels, as cv2.warpAffine; the
+    colour jitter is the numpy path's, computed in float32 and rounded to uint8 once at the end
+    (the numpy path rounds after each step, so the two differ by a grey level or two). Samples
+    carry uint8 pixels, as the numpy path's do, so that batching copies a quarter of the bytes;
+    make_dataset casts the batches to float32. Validation resizes with area averaging
+    (tf.image.resize, like cv2's INTER_AREA) and pads bottom/right.
 
 Bad input
     A missing file (tf.io.matching_files, no exception), an empty file, one that is not a
@@ -403,8 +404,8 @@ def decode(contents, kind, factor_index):
     def other():
         return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
-    image = tf.cond(kind == 1, lambda: tf.switch_case(factor_index, [jpeg(r) for r in (1, 2, 4, 8)]),
-                    other)
+    image = tf.cond(kind == 1,
+                    lambda: tf.switch_case(factor_index, [jpeg(r) for r in (1, 2, 4, 8)]), other)
     return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -503,11 +504,16 @@ def jitter_colors(image, draws, strength):
 
 
 def letterbox_image(image, new_size, size, pad_value):
-    """float32 (size, size, 3): area-resize to new_size (w, h) int32, pad bottom/right."""
+    """uint8 (size, size, 3): area-resize to new_size (w, h) int32, pad bottom/right."""
     resized = tf.image.resize(image, [new_size[1], new_size[0]], method="area")
     padding = [[0, size - new_size[1]], [0, size - new_size[0]], [0, 0]]
-    return tf.reshape(tf.pad(resized, padding, constant_values=float(pad_value)),
-                      [size, size, 3])
+    padded = tf.pad(resized, padding, constant_values=float(pad_value))
+    return to_pixels(tf.reshape(padded, [size, size, 3]))
+
+
+def to_pixels(image):
+    """uint8 of a float32 image: rounded and saturated, as OpenCV stores its results."""
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,7 +627,7 @@ def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
 
 def window_kernel(size, pad_value, strength):
     """XLA-compiled (pixels uint8 (N,), extent int32 (2,) (w, h), inverse float32 (2, 3),
-    draws float64 (3,)) -> float32 (size, size, 3): bilinear warp and colour jitter in one pass.
+    draws float64 (3,)) -> uint8 (size, size, 3): bilinear warp and colour jitter in one pass.
 
     pixels: a (h, w, 3) window flattened row by row and zero-padded to N bytes; inverse maps
     output pixels to window pixels. Taps outside the extent read pad_value, as cv2's constant
@@ -651,14 +657,14 @@ def window_kernel(size, pad_value, strength):
             lower_left, lower_right = tap(top + 1, left), tap(top + 1, left + 1)
             upper = upper_left + (upper_right - upper_left) * fx
             lower = lower_left + (lower_right - lower_left) * fx
-            return jitter_colors(upper + (lower - upper) * fy, draws, strength)
+            return to_pixels(jitter_colors(upper + (lower - upper) * fy, draws, strength))
 
         _COMPILED[key] = kernel
     return _COMPILED[key]
 
 
 def warp_window(cfg, pixels, inverse, draws):
-    """float32 (S, S, 3): the window `pixels` (uint8 (h, w, 3)) warped by `inverse` (float32
+    """uint8 (S, S, 3): the window `pixels` (uint8 (h, w, 3)) warped by `inverse` (float32
     (2, 3), output -> window pixels) and colour-jittered with draws (3,), by window_kernel on the
     smallest WINDOW_PIXELS that holds it, or by ImageProjectiveTransformV3 when none does."""
     kernel = window_kernel(cfg.input_size, cfg.pad_value, cfg.color_jitter)
@@ -676,7 +682,7 @@ def warp_window(cfg, pixels, inverse, draws):
 
     def fallback():
         image = warp_image(pixels, inverse, cfg.input_size, cfg.pad_value)
-        return jitter_colors(image, draws, cfg.color_jitter)
+        return to_pixels(jitter_colors(image, draws, cfg.color_jitter))
 
     bucket = tf.reduce_sum(tf.cast(tf.constant(WINDOW_PIXELS) < shape[0] * shape[1], tf.int32))
     return tf.switch_case(bucket, [padded(count) for count in WINDOW_PIXELS] + [fallback])
@@ -745,7 +751,7 @@ def open_image(record_size, path, pattern):
 
 
 def training_sample(cfg, record, draws):
-    """(image float32 (S, S, 3) RGB 0..255, heatmaps, pafs, mask, reason int32): one sample.
+    """(image uint8 (S, S, 3) RGB, heatmaps, pafs, mask, reason int32): one sample.
 
     record: RecordTensors.record's tuple; draws: sample_draws. The one affine warp of
     training_transform, colour jitter, and the targets of the transformed keypoints; a skipped
@@ -761,7 +767,7 @@ def training_sample(cfg, record, draws):
         pixels = decode_window(contents, kind, factor_index, whole, window)
         return warp_window(cfg, pixels, inverse, draws[6:])
 
-    blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.float32)
+    blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.uint8)
     image = tf.cond(reason == 0, picture, lambda: blank)
     return (image, *targets, reason)
 
@@ -780,7 +786,7 @@ def validation_sample(cfg, record):
         pixels = tf.cond(kind == 1, lambda: decode(contents, kind, factor_index), lambda: whole)
         return letterbox_image(pixels, new_size, cfg.input_size, cfg.pad_value)
 
-    blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.float32)
+    blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.uint8)
     image = tf.cond(reason == 0, picture, lambda: blank)
     targets = sample_targets(cfg, matrix, tf.constant(False), keypoints, boxes, width, height)
     return (image, *targets, reason)
@@ -878,7 +884,7 @@ SKIP_MESSAGES = {
 
 
 def sample_dataset(cfg, records, indices, training, shard_index, reporter=None):
-    """Unbatched dataset of (image float32 (S, S, 3), {"heatmaps", "pafs", "mask"}).
+    """Unbatched dataset of (image uint8 (S, S, 3) RGB, {"heatmaps", "pafs", "mask"}).
 
     records: data_generator.Records; indices: dataset of (draw, index) int64 pairs (the shuffled,
     sharded, enumerated record indices of make_dataset); reporter: see keep_function. The

@@ -215,7 +215,25 @@ def profile_stages(cfg, samples):
     return result
 
 
-def main(argv=None):
+def time_pipeline(cfg, arguments, thread_counts):
+    """({threads: measure_rate result}, Amdahl summary) of cfg.pipeline, printed as it goes."""
+    compile_kernels(cfg, arguments.compile_samples)
+    results = {}
+    for threads in thread_counts:
+        results[threads] = measure_rate(cfg, arguments.samples, arguments.warmup_batches, threads)
+        print(f"{cfg.pipeline} pipeline, {threads or 'default'} thread(s): {results[threads]}",
+              flush=True)
+    rates = {threads: result["samples_per_second"] for threads, result in results.items()}
+    serial, projected = amdahl(rates)
+    summary = {"two_thread_speedup": round(rates[2] / rates[1], 3) if 1 in rates and 2 in rates
+               else None, "serial_fraction": serial, "projected_16_cores": projected}
+    print(f"{cfg.pipeline} pipeline: {summary}", flush=True)
+    return results, summary
+
+
+def parse_arguments(argv=None):
+    """(arguments, cfg) of the command line; cfg points at the synthetic set unless records
+    were named."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=2000,
@@ -244,25 +262,17 @@ def main(argv=None):
     if arguments.cfg_records_dir is None:  # no records named: use (or make) the synthetic set
         records_dir = ensure_synthetic_set(arguments.synthetic_dir, arguments.images)
         cfg = dataclasses.replace(cfg, data_dir=arguments.synthetic_dir, records_dir=records_dir)
+    return arguments, cfg
+
+
+def main(argv=None):
+    arguments, cfg = parse_arguments(argv)
     thread_counts = [int(value) for value in arguments.threads.split(",")]
     load_before = os.getloadavg()
     results, projections = {}, {}
     for pipeline in arguments.pipelines.split(","):
-        pipeline_cfg = dataclasses.replace(cfg, pipeline=pipeline)
-        compile_kernels(pipeline_cfg, arguments.compile_samples)
-        results[pipeline] = {}
-        for threads in thread_counts:
-            results[pipeline][threads] = measure_rate(pipeline_cfg, arguments.samples,
-                                                      arguments.warmup_batches, threads)
-            print(f"{pipeline} pipeline, {threads or 'default'} thread(s): "
-                  f"{results[pipeline][threads]}", flush=True)
-        rates = {threads: result["samples_per_second"]
-                 for threads, result in results[pipeline].items()}
-        serial, projected = amdahl(rates)
-        projections[pipeline] = {
-            "two_thread_speedup": round(rates[2] / rates[1], 3) if 1 in rates and 2 in rates
-            else None, "serial_fraction": serial, "projected_16_cores": projected}
-        print(f"{pipeline} pipeline: {projections[pipeline]}", flush=True)
+        results[pipeline], projections[pipeline] = time_pipeline(
+            dataclasses.replace(cfg, pipeline=pipeline), arguments, thread_counts)
     load_after = os.getloadavg()
     profiles = {}
     if arguments.profile:
