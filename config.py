@@ -106,6 +106,59 @@ AIC_OKS_SIGMAS = (
 )
 
 
+class AicRelease(typing.NamedTuple):
+    """One official AI Challenger 2017 keypoint release, as its zip unpacks.
+
+    folder: the top folder, which is also the zip's name without ".zip"; images: the folder of
+    its images inside it; annotations: its annotation file inside it (None for the test sets).
+    """
+
+    folder: str
+    images: str
+    annotations: str | None
+
+
+# The official releases by split name: pre-process.py, synthetic.py and quickstart.py use these.
+AIC_RELEASES = {
+    "train": AicRelease("ai_challenger_keypoint_train_20170909", "keypoint_train_images_20170902",
+                        "keypoint_train_annotations_20170909.json"),
+    "val": AicRelease("ai_challenger_keypoint_validation_20170911",
+                      "keypoint_validation_images_20170911",
+                      "keypoint_validation_annotations_20170911.json"),
+    "test_a": AicRelease("ai_challenger_keypoint_test_a_20180103",
+                         "keypoint_test_a_images_20180103", None),
+    "test_b": AicRelease("ai_challenger_keypoint_test_b_20180103",
+                         "keypoint_test_b_images_20180103", None),
+}
+
+
+# Every Config field says its role once, in its metadata; what must match a checkpoint or must
+# not change on --resume is derived from the roles (see fields_with_role), never listed by hand.
+PATHS = "paths"  # Where files are; free to change at any time.
+DATA = "data"  # How pre-process.py validates records.
+ARCHITECTURE = "architecture"  # Defines the network's layers: a checkpoint needs the same values.
+TARGETS = "targets"  # How training targets are rendered.
+AUGMENTATION = "augmentation"  # Random sample transforms and the loss mask.
+TRAINING = "training"  # Optimisation and run control; free to change on --resume.
+TRAINING_STATE = "training_state"  # Shapes the saved optimiser state: fixed on --resume.
+INFERENCE = "inference"  # Test-time scales and the parser; free to change for any checkpoint.
+ROLES = (PATHS, DATA, ARCHITECTURE, TARGETS, AUGMENTATION, TRAINING, TRAINING_STATE, INFERENCE)
+
+
+def _role(role):
+    """A factory of dataclass fields of `role`: paths(...), architecture(...) and so on."""
+    def make(default):
+        return dataclasses.field(default=default, metadata={"role": role})
+
+    make.__name__ = role
+    return make
+
+
+paths, data, architecture, targets = _role(PATHS), _role(DATA), _role(ARCHITECTURE), _role(TARGETS)
+augmentation, training = _role(AUGMENTATION), _role(TRAINING)
+training_state, inference = _role(TRAINING_STATE), _role(INFERENCE)
+
+
 @dataclass
 class Config:
     """Every hyperparameter, one commented default each; the defaults are the paper's."""
@@ -113,83 +166,117 @@ class Config:
     preset: str = "paper"  # Name of the preset these values started from.
 
     # Paths (relative to the working directory).
-    data_dir: str = "data"  # Official zips/folders and the synthetic set live here.
-    records_dir: str = "data/records"  # pre-process.py writes {split}.jsonl records here.
-    models_dir: str = "models"  # Checkpoints go to models/<run_name>/.
-    logs_dir: str = "logs"  # TensorBoard and CSV logs go to logs/<run_name>/.
-    run_name: str = ""  # Empty means the preset's name.
-    annotation_tolerance: float = 2.0  # Pixels a keypoint/box may stray outside image or box.
+    data_dir: str = paths("data")  # Official zips/folders and the synthetic set live here.
+    records_dir: str = paths("data/records")  # pre-process.py writes {split}.jsonl records here.
+    models_dir: str = paths("models")  # Checkpoints go to models/<run_name>/.
+    logs_dir: str = paths("logs")  # TensorBoard and CSV logs go to logs/<run_name>/.
+    run_name: str = paths("")  # Empty means the preset's name.
+    # Pixels a keypoint/box may stray outside image or box.
+    annotation_tolerance: float = data(2.0)
 
     # Network geometry.
-    input_size: int = 368  # Square training crop in pixels.
-    stride: int = 8  # Output grid step in input pixels (8: three 2x2 pools; 4: two).
-    stages: int = 6  # Number of refinement stages, each with a PAF and a heatmap branch.
-    backbone_channels: tuple = (64, 128, 256, 512)  # VGG19 block widths up to conv4_2.
-    cpm_channels: tuple = (256, 128)  # conv4_3_CPM and conv4_4_CPM widths.
-    stage_channels: int = 128  # Width of every hidden stage convolution.
-    stage1_kernel: int = 3  # Kernel of stage 1's three hidden convolutions.
-    stage1_hidden: int = 512  # Width of stage 1's 1x1 convolution before its outputs.
-    stage_kernel: int = 7  # Kernel of the hidden convolutions in stages 2..T.
-    stage_convs: int = 5  # Number of k x k convolutions in stages 2..T.
-    backbone_weights: str = "imagenet"  # imagenet | PATH to saved VGG19 weights | none.
-    batch_norm: bool = False  # Batch normalisation after hidden convolutions (not in the paper).
-    input_normalization: str = "openpose"  # openpose: (BGR-128)/256 | imagenet: BGR-mean.
+    # Square training crop in pixels (the network itself takes any multiple of the stride).
+    input_size: int = augmentation(368)
+    stride: int = architecture(8)  # Output grid step in input pixels (8: three 2x2 pools; 4: two).
+    # Number of refinement stages, each with a PAF and a heatmap branch.
+    stages: int = architecture(6)
+    # VGG19 block widths up to conv4_2.
+    backbone_channels: tuple = architecture((64, 128, 256, 512))
+    cpm_channels: tuple = architecture((256, 128))  # conv4_3_CPM and conv4_4_CPM widths.
+    stage_channels: int = architecture(128)  # Width of every hidden stage convolution.
+    stage1_kernel: int = architecture(3)  # Kernel of stage 1's three hidden convolutions.
+    # Width of stage 1's 1x1 convolution before its outputs.
+    stage1_hidden: int = architecture(512)
+    stage_kernel: int = architecture(7)  # Kernel of the hidden convolutions in stages 2..T.
+    stage_convs: int = architecture(5)  # Number of k x k convolutions in stages 2..T.
+    backbone_weights: str = training("imagenet")  # imagenet | PATH to saved VGG19 weights | none.
+    # Batch normalisation after hidden convolutions (not in the paper).
+    batch_norm: bool = architecture(False)
+    # openpose: (BGR-128)/256 | imagenet: BGR-mean.
+    input_normalization: str = architecture("openpose")
 
     # Targets.
-    heatmap_sigma: float = 7.0  # Gaussian sigma of the confidence maps, in input pixels.
-    paf_width: float = 1.0  # Half-width of a limb's PAF, in grid cells.
+    heatmap_sigma: float = targets(7.0)  # Gaussian sigma of the confidence maps, in input pixels.
+    paf_width: float = targets(1.0)  # Half-width of a limb's PAF, in grid cells.
 
     # Augmentation (one affine warp per sample).
-    scale_min: float = 0.5  # Smallest random scale multiplier.
-    scale_max: float = 1.1  # Largest random scale multiplier.
-    target_person_height: float = 0.6  # Scale 1 makes the main person this fraction of the crop.
-    max_rotation: float = 40.0  # Rotation drawn uniformly from +-this, in degrees.
-    center_jitter: float = 40.0  # Crop centre jitter, in input pixels.
-    flip_probability: float = 0.5  # Chance of a horizontal flip that swaps left and right.
-    color_jitter: float = 0.1  # Strength of random brightness/contrast/saturation changes.
-    pad_value: int = 128  # Grey used where the crop falls outside the image.
-    ignore_padding: bool = False  # Loss ignores cells over padding (the original counts them).
-    pipeline: str = "tf"  # tf: samples made by TensorFlow graph ops | numpy: NumPy/OpenCV oracle.
+    scale_min: float = augmentation(0.5)  # Smallest random scale multiplier.
+    scale_max: float = augmentation(1.1)  # Largest random scale multiplier.
+    # Scale 1 makes the main person this fraction of the crop.
+    target_person_height: float = augmentation(0.6)
+    max_rotation: float = augmentation(40.0)  # Rotation drawn uniformly from +-this, in degrees.
+    center_jitter: float = augmentation(40.0)  # Crop centre jitter, in input pixels.
+    # Chance of a horizontal flip that swaps left and right.
+    flip_probability: float = augmentation(0.5)
+    # Strength of random brightness/contrast/saturation changes.
+    color_jitter: float = augmentation(0.1)
+    pad_value: int = augmentation(128)  # Grey used where the crop falls outside the image.
+    # Loss ignores cells over padding (the original counts them).
+    ignore_padding: bool = augmentation(False)
+    # How samples are made: tf, TensorFlow graph ops (tf_pipeline.py) | numpy, the NumPy/OpenCV
+    # reference. Both follow the same rules but draw different random numbers.
+    pipeline: str = training("tf")
 
     # Optimisation.
-    batch_size: int = 10  # Global batch size (split across replicas).
-    optimizer: str = "sgd"  # sgd | adam | adamw.
-    learning_rate: float = 4e-5  # Base learning rate (Caffe Euclidean loss scale).
-    momentum: float = 0.9  # SGD momentum.
-    weight_decay: float = 5e-4  # L2 weight decay.
-    stage_lr_multiplier: float = 4.0  # Learning-rate factor of stages 2..T, as the original did.
-    bias_lr_multiplier: float = 2.0  # Learning-rate factor of biases (Caffe's lr_mult 2).
-    lr_decay_steps: int = 136106  # Step decay period in optimizer steps.
-    lr_decay_rate: float = 0.333  # Step decay factor.
-    epochs: int = 100  # Training epochs.
-    steps_per_epoch: int = 0  # 0: one pass over the training records.
-    validation_steps: int = 0  # 0: one pass over the validation records.
-    max_train_minutes: float = 0.0  # Stop training after this wall time; 0 means no limit.
-    early_stopping_patience: int = 0  # Epochs without improvement before stopping; 0 is off.
-    reduce_lr_patience: int = 0  # Epochs without improvement before lr/3; 0 is off.
-    log_images_every: int = 500  # Steps between TensorBoard map images.
-    checkpoint_every_steps: int = 1000  # Also checkpoint every N steps; 0: only at epoch ends.
-    seed: int = 0  # Seed of shuffling, augmentation and initialisation.
-    strategy: str = "auto"  # auto | mirrored | multiworker (tf.distribute).
-    data_service_address: str = ""  # grpc://host:port of a tf.data service dispatcher, or "".
-    mixed_precision: bool = False  # Train with the mixed_float16 policy.
-    jit_compile: bool = False  # Compile the training step with XLA.
-    resume: bool = False  # Continue the run from its last checkpoint.
+    batch_size: int = training(10)  # Global batch size (split across replicas).
+    optimizer: str = training_state("sgd")  # sgd | adam | adamw.
+    learning_rate: float = training(4e-5)  # Base learning rate (Caffe Euclidean loss scale).
+    momentum: float = training(0.9)  # SGD momentum.
+    weight_decay: float = training(5e-4)  # L2 weight decay.
+    # Learning-rate factor of stages 2..T, as the original did.
+    stage_lr_multiplier: float = training(4.0)
+    # Learning-rate factor of biases (Caffe's lr_mult 2).
+    bias_lr_multiplier: float = training(2.0)
+    lr_decay_steps: int = training(136106)  # Step decay period in optimizer steps.
+    lr_decay_rate: float = training(0.333)  # Step decay factor.
+    epochs: int = training(100)  # Training epochs.
+    steps_per_epoch: int = training(0)  # 0: one pass over the training records.
+    validation_steps: int = training(0)  # 0: one pass over the validation records.
+    # Stop training after this wall time; 0 means no limit.
+    max_train_minutes: float = training(0.0)
+    # Epochs without improvement before stopping; 0 is off.
+    early_stopping_patience: int = training(0)
+    reduce_lr_patience: int = training(0)  # Epochs without improvement before lr/3; 0 is off.
+    log_images_every: int = training(500)  # Steps between TensorBoard map images.
+    # Also checkpoint every N steps; 0: only at epoch ends.
+    checkpoint_every_steps: int = training(1000)
+    seed: int = training(0)  # Seed of shuffling, augmentation and initialisation.
+    strategy: str = training("auto")  # auto | mirrored | multiworker (tf.distribute).
+    # grpc://host:port of a tf.data service dispatcher that makes the training batches, or "".
+    data_service_address: str = training("")
+    mixed_precision: bool = training_state(False)  # Train with the mixed_float16 policy.
+    jit_compile: bool = training(False)  # Compile the training step with XLA.
+    resume: bool = training(False)  # Continue the run from its last checkpoint.
 
     # Inference and parsing.
-    inference_height: int = 368  # Images are resized to this height before the network.
-    scales: tuple = (0.5, 1.0, 1.5, 2.0)  # Multi-scale test factors of inference_height.
-    flip_test: bool = False  # Also run the mirrored image and average.
-    peak_threshold: float = 0.1  # Minimum heatmap value of a joint candidate.
-    peak_smoothing: float = 0.5  # Heatmap smoothing before NMS, in grid cells (paper: 3 px).
-    max_peaks_per_joint: int = 32  # Strongest candidates kept per joint (bounds noisy maps).
-    paf_threshold: float = 0.05  # Minimum PAF alignment of a sample point.
-    paf_samples: int = 10  # Points sampled along a candidate limb.
-    paf_min_fraction: float = 0.8  # Fraction of sample points that must pass paf_threshold.
-    min_parts: int = 4  # People with fewer joints are dropped.
-    min_person_score: float = 0.4  # People whose mean part score is lower are dropped.
-    limb_matching: str = "optimal"  # optimal: Hungarian per limb (paper) | greedy: best first.
-    fragment_join_ratio: float = 1.0  # Join split people when gap <= ratio*limbs*limb length.
+    inference_height: int = inference(368)  # Images are resized to this height before the network.
+    # Multi-scale test factors of inference_height.
+    scales: tuple = inference((0.5, 1.0, 1.5, 2.0))
+    flip_test: bool = inference(False)  # Also run the mirrored image and average.
+    peak_threshold: float = inference(0.1)  # Minimum heatmap value of a joint candidate.
+    # Heatmap smoothing before NMS, in grid cells (paper: 3 px).
+    peak_smoothing: float = inference(0.5)
+    # Strongest candidates kept per joint (bounds noisy maps).
+    max_peaks_per_joint: int = inference(32)
+    paf_threshold: float = inference(0.05)  # Minimum PAF alignment of a sample point.
+    paf_samples: int = inference(10)  # Points sampled along a candidate limb.
+    # Fraction of sample points that must pass paf_threshold.
+    paf_min_fraction: float = inference(0.8)
+    min_parts: int = inference(4)  # People with fewer joints are dropped.
+    min_person_score: float = inference(0.4)  # People whose mean part score is lower are dropped.
+    # optimal: Hungarian per limb (paper) | greedy: best first.
+    limb_matching: str = inference("optimal")
+    # Join split people when gap <= ratio*limbs*limb length.
+    fragment_join_ratio: float = inference(1.0)
+    # more_than: > paf_min_fraction pass (the original) | at_least.
+    limb_acceptance: str = inference("more_than")
+    # Fuse scales on the largest scale's grid x this (0: image pixels).
+    fusion_upsample: int = inference(2)
+    # Pad input widths to a multiple of this (pixels): shared batches.
+    input_bucket: int = inference(32)
+    inference_batch: int = inference(8)  # Network inputs per call (images and mirror images).
+    inference_chunk: int = inference(32)  # Images per network round; parsing overlaps the next.
+    integer_output: bool = inference(False)  # Round submission coordinates to whole pixels.
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -198,6 +285,21 @@ class Config:
     def name(self):
         """The run's name: run_name, or the preset's name when run_name is empty."""
         return self.run_name or self.preset
+
+
+def fields_with_role(*roles):
+    """Names of the Config fields whose role is one of `roles`, in definition order."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
+    return tuple(field.name for field in dataclasses.fields(Config)
+                 if field.metadata.get("role") in roles)
+
+
+def changed_fields(before, after, roles):
+    """[(name, before value, after value)] of the fields of `roles` that differ."""
+    return [(name, getattr(before, name), getattr(after, name))
+            for name in fields_with_role(*roles) if getattr(before, name) != getattr(after, name)]
 
 
 # Presets are overrides of the paper defaults. `cpu` trains a useful model on two cores: a
@@ -248,6 +350,30 @@ PRESETS = {
 LEGACY_INPUT_NORMALIZATION = "imagenet"
 
 
+# `tiny` is the cpu preset shrunk to a network that builds and trains in about a second: the
+# shared configuration of the tests, and a smoke test of any script (--preset tiny).
+PRESETS["tiny"] = dict(
+    PRESETS["cpu"],
+    input_size=32,
+    stages=2,
+    backbone_channels=(8, 8, 8),
+    cpm_channels=(8, 8),
+    stage_channels=8,
+    stage1_hidden=8,
+    stage_convs=1,
+    heatmap_sigma=2.0,
+    batch_size=2,
+    epochs=2,
+    steps_per_epoch=2,
+    validation_steps=1,
+    max_train_minutes=0.0,
+    log_images_every=2,
+    inference_height=32,
+    scales=(1.0,),
+    flip_test=False,
+)
+
+
 def make_config(preset="paper", **overrides):
     """Return the Config of a preset with the given field overrides applied."""
     if preset not in PRESETS:
@@ -260,9 +386,9 @@ def make_config(preset="paper", **overrides):
     return Config(**values)
 
 
-def _field_type(field):
-    hints = typing.get_type_hints(Config)
-    return hints[field.name]
+def _field_types():
+    """{field name: annotated type} of Config (resolving the annotations once, not per field)."""
+    return typing.get_type_hints(Config)
 
 
 def _parse_bool(text):
@@ -293,11 +419,11 @@ def add_config_arguments(parser):
     group = parser.add_argument_group("configuration (any Config field)")
     group.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                        help="start from this preset (default: paper)")
-    defaults = Config()
+    defaults, types = Config(), _field_types()
     for field in dataclasses.fields(Config):
         if field.name == "preset":
             continue
-        kind = _field_type(field)
+        kind = types[field.name]
         flags = ["--" + field.name]
         if "_" in field.name:
             flags.append("--" + field.name.replace("_", "-"))
@@ -342,12 +468,17 @@ def load_config(path):
     """Read a config saved by save_config; lists come back as tuples, unknown keys are errors."""
     with open(path, "r", encoding="utf-8") as handle:
         values = json.load(handle)
+    return config_from_dict(values, path)
+
+
+def config_from_dict(values, where):
+    """The Config of a saved dict (lists become tuples); `where` names it in errors."""
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a JSON object of config fields")
+        raise ValueError(f"{where}: expected a JSON object of config fields")
     field_names = {f.name for f in dataclasses.fields(Config)}
     unknown = set(values) - field_names
     if unknown:
-        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        raise ValueError(f"{where}: unknown config keys {sorted(unknown)}")
     values = {key: tuple(value) if isinstance(value, list) else value
               for key, value in values.items()}
     # Runs saved before input_normalization existed all fed the network ImageNet-mean inputs.

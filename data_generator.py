@@ -82,6 +82,7 @@ import cv2
 import numpy as np
 
 import config
+import utils
 from config import FLIP_JOINTS, LIMBS, NUM_HEATMAPS, NUM_JOINTS, NUM_LIMBS, NUM_PAFS
 
 # Cells exactly on a limb's boundary are counted as on it despite floating-point noise.
@@ -479,28 +480,13 @@ def reduction_factor(path, scale):
 
 
 def decode_image(path, factor=1):
-    """Read an image as uint8 BGR (H, W, 3), decoded at 1/factor size (factor 1, 2, 4, 8).
-
-    Grey and 4-channel files come back as 3-channel BGR. EXIF orientation is ignored, as
-    utils.read_image_rgb does, so the pixels match the annotated ones. Raises SkipSample.
-    """
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-             8: cv2.IMREAD_REDUCED_COLOR_8}[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    """utils.decode_image (uint8 BGR (H, W, 3) at 1/factor size) raising SkipSample instead:
+    "missing_image" for a file that is not there, "unreadable_image" for any other problem."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise SkipSample("missing_image", f"{path}: image file not found")
-    except OSError as error:
-        raise SkipSample("missing_image", f"{path}: cannot read image file ({error.strerror})")
-    if data.size == 0:
-        raise SkipSample("unreadable_image", f"{path}: image file is empty")
-    image = cv2.imdecode(data, flags)
-    if image is None or image.size == 0:
-        raise SkipSample("unreadable_image", f"{path}: not a readable image")
-    # libjpeg decodes a cut-off JPEG with grey at the bottom; the end-of-image marker tells.
-    if data[:2].tobytes() == b"\xff\xd8" and data[-2:].tobytes() != b"\xff\xd9":
-        raise SkipSample("unreadable_image", f"{path}: JPEG file is truncated")
-    return image
+        return utils.decode_image(path, factor)
+    except utils.ImageError as error:
+        reason = "missing_image" if error.reason == "missing" else "unreadable_image"
+        raise SkipSample(reason, str(error)) from error
 
 
 def reduced_to_source(image, width, height, path, factor=1):
@@ -755,6 +741,42 @@ def distribute_on_service(dataset, address):
         processing_mode=service.ShardingPolicy.DYNAMIC, service=address))
 
 
+def synthetic_dataset(cfg, split, training, shard=None, input_context=None, batches=2):
+    """Random images and maps with make_dataset's shapes, for benchmarks and smoke tests.
+
+    Same signature and batching rules as data_generator.make_dataset; `batches` distinct
+    per-replica batches are drawn (from cfg.seed, the split and the input pipeline) and repeated
+    forever when training, or given once otherwise. The values mean nothing.
+    """
+    import tensorflow as tf
+
+    pipeline, batch_size = 0, cfg.batch_size
+    if shard is not None and hasattr(shard, "num_input_pipelines"):
+        input_context = shard
+    elif shard is not None:
+        pipeline = int(shard[1])
+    if input_context is not None:
+        pipeline = input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(cfg.batch_size)
+    rng = np.random.default_rng((cfg.seed, pipeline, 0 if split == "train" else 1))
+    size, grid, count = cfg.input_size, cfg.input_size // cfg.stride, batches * batch_size
+    images = rng.uniform(0, 255, (count, size, size, 3)).astype(np.float32)
+    targets = {"heatmaps": rng.uniform(0, 1, (count, grid, grid, NUM_HEATMAPS)).astype(np.float32),
+               "pafs": rng.uniform(-1, 1, (count, grid, grid, NUM_PAFS)).astype(np.float32),
+               "mask": (rng.uniform(0, 1, (count, grid, grid, 1)) < 0.9).astype(np.float32)}
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).batch(batch_size)
+    return dataset.cache().repeat() if training else dataset
+
+
+def count_records(cfg, split):
+    """Number of non-empty lines of {records_dir}/{split}.jsonl (0 when the file is missing)."""
+    path = os.path.join(cfg.records_dir, f"{split}.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "r", encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def _shape_sample(cfg):
     """The graph function that gives a sample its static shapes and the target dict."""
     import tensorflow as tf
@@ -862,9 +884,7 @@ def _finish(figure, axes, path, dpi):
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    from utils import atomic_path
-
-    with atomic_path(path) as temporary:
+    with utils.atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=dpi)
     import matplotlib.pyplot as plt
 

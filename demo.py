@@ -41,6 +41,8 @@ INFERENCE_FIELDS = (
     "inference_height", "scales", "flip_test", "peak_threshold", "peak_smoothing",
     "paf_threshold", "paf_samples", "paf_min_fraction", "min_parts", "min_person_score",
     "pad_value", "limb_matching", "fragment_join_ratio", "max_peaks_per_joint", "models_dir",
+    "limb_acceptance", "fusion_upsample", "input_bucket", "inference_batch", "inference_chunk",
+    "integer_output",
 )
 TRAIN_HINT = "train one with `python train.py --preset cpu` or pass --model PATH"
 
@@ -141,9 +143,11 @@ def write_image(path, image_bgr):
             raise DemoError(f"{path}: OpenCV could not write this image")
 
 
-def submission_entry(image_id, people):
-    """One AI Challenger submission record (humanN keys, v = 1 for found joints)."""
-    return {"image_id": image_id, "keypoint_annotations": inference.people_to_aic(people)}
+def submission_entry(image_id, people, integer=False):
+    """One AI Challenger submission record (humanN keys, v = 1 for found joints; sub-pixel
+    coordinates unless `integer`)."""
+    return {"image_id": image_id,
+            "keypoint_annotations": inference.people_to_aic(people, integer)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,45 +285,44 @@ def draw_map_overlay(image_bgr, heatmaps, pafs, mapping, spec):
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-def _read_chunk(paths, skipped):
-    """[(path, RGB image)] of the readable paths; the others are reported and counted."""
-    readable = []
+def _readable(paths, skipped):
+    """Yield (path, RGB image) of the readable paths; the others are reported and counted."""
     for path in paths:
         try:
-            readable.append((path, utils.read_image_rgb(path)))
+            yield path, utils.read_image_rgb(path)
         except utils.ImageError as error:
             print(f"skipped: {error}", file=sys.stderr)
             skipped.append(path)
-    return readable
 
 
-def _save_image_results(path, image_rgb, maps, people, args):
+def _save_image_results(path, image_rgb, estimate, args):
     """Write the drawing (and the map overlay) of one image."""
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    write_image(output_path(path, args.output, OUTPUT_SUFFIX), draw_people(image_bgr, people))
+    write_image(output_path(path, args.output, OUTPUT_SUFFIX),
+                draw_people(image_bgr, estimate.people))
     if args.show_maps:
         spec = parse_map_spec(args.show_maps)
         name = args.show_maps.strip().lower().replace(" ", "_").replace(":", "-")
-        overlay = draw_map_overlay(image_bgr, maps[0], maps[1], maps[2], spec)
+        overlay = draw_map_overlay(image_bgr, estimate.heatmaps, estimate.pafs,
+                                   estimate.mapping, spec)
         write_image(output_path(path, args.output, MAPS_SUFFIX + name, ".jpg"), overlay)
 
 
 def process_images(network, cfg, paths, args):
-    """Run the model on image files in batches; returns (submission entries, skipped paths)."""
+    """Run the model on image files through the batched stream (inference.estimate_poses_stream);
+    returns (submission entries, skipped paths)."""
     from tqdm import tqdm
 
     entries, skipped = [], []
+    # The key handed back with each estimate is (path, image), for drawing.
+    items = (((path, image), image) for path, image in _readable(paths, skipped))
+    stream = inference.estimate_poses_stream(network, items, cfg)
     with tqdm(total=len(paths), unit="image", desc="demo", disable=len(paths) < 2) as bar:
-        for first in range(0, len(paths), inference.INFERENCE_BATCH):
-            chunk = _read_chunk(paths[first:first + inference.INFERENCE_BATCH], skipped)
-            maps = inference.predict_maps_batch(network, [image for _, image in chunk], cfg)
-            for (path, image), (heatmaps, pafs, mapping) in zip(chunk, maps):
-                people, _ = inference.parse_poses(heatmaps, pafs, cfg, **mapping)
-                people = inference.clip_to_image(people, *image.shape[:2])
-                _save_image_results(path, image, (heatmaps, pafs, mapping), people, args)
-                entries.append(submission_entry(os.path.splitext(os.path.basename(path))[0],
-                                                people))
-            bar.update(len(paths[first:first + inference.INFERENCE_BATCH]))
+        for (path, image), estimate in stream:
+            _save_image_results(path, image, estimate, args)
+            entries.append(submission_entry(os.path.splitext(os.path.basename(path))[0],
+                                            estimate.people, cfg.integer_output))
+            bar.update(len(entries) + len(skipped) - bar.n)
     return entries, skipped
 
 
@@ -344,24 +347,28 @@ def video_output_path(source, out_dir):
     return output_path(source, out_dir, OUTPUT_SUFFIX, ".mp4")
 
 
-def _frames(capture, max_frames, batch):
-    """Yield lists of up to `batch` BGR frames until the video ends or max_frames are read."""
-    read, frames = 0, []
+def _frames(capture, max_frames):
+    """Yield BGR frames until the video ends or max_frames (0: no limit) are read."""
+    read = 0
     while not max_frames or read < max_frames:
         ok, frame = capture.read()
         if not ok:
-            break
-        frames.append(frame)
+            return
         read += 1
-        if len(frames) == batch:
-            yield frames
-            frames = []
-    if frames:
-        yield frames
+        yield frame
+
+
+def _open_writer(path, frame, fps):
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                             (frame.shape[1], frame.shape[0]))
+    if not writer.isOpened():
+        raise DemoError(f"{path}: OpenCV cannot write an mp4 video here")
+    return writer
 
 
 def _annotate_video(network, cfg, capture, writer_path, args):
-    """Read, estimate, draw and write every frame; returns (entries, frames written)."""
+    """Read, estimate (batched stream, frames in order), draw and write every frame; returns
+    (entries, frames written)."""
     from tqdm import tqdm
 
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -371,22 +378,19 @@ def _annotate_video(network, cfg, capture, writer_path, args):
     stem = "camera" + args.video if args.video.isdigit() else \
         os.path.splitext(os.path.basename(args.video))[0]
     writer, entries, count = None, [], 0
+    # The key handed back with each estimate is the BGR frame, for drawing.
+    items = ((frame, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+             for frame in _frames(capture, args.max_frames))
     try:
         with tqdm(total=total, unit="frame", desc="video") as bar:
-            for frames in _frames(capture, args.max_frames, inference.INFERENCE_BATCH):
+            for frame, estimate in inference.estimate_poses_stream(network, items, cfg):
                 if writer is None:
-                    height, width = frames[0].shape[:2]
-                    writer = cv2.VideoWriter(writer_path, cv2.VideoWriter_fourcc(*"mp4v"),
-                                             fps, (width, height))
-                    if not writer.isOpened():
-                        raise DemoError(f"{writer_path}: OpenCV cannot write an mp4 video here")
-                rgb = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in frames]
-                for frame, (people, _) in zip(frames, inference.estimate_poses_batch(
-                        network, rgb, cfg)):
-                    writer.write(draw_people(frame, people))
-                    entries.append(submission_entry(f"{stem}_{count:06d}", people))
-                    count += 1
-                bar.update(len(frames))
+                    writer = _open_writer(writer_path, frame, fps)
+                writer.write(draw_people(frame, estimate.people))
+                entries.append(submission_entry(f"{stem}_{count:06d}", estimate.people,
+                                                cfg.integer_output))
+                count += 1
+                bar.update(1)
     except KeyboardInterrupt:
         print("interrupted: keeping the frames done so far", file=sys.stderr)
     finally:
@@ -417,7 +421,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description="Draw the people a trained model finds in images, a folder, a video or a "
                     "camera stream (no arguments: the newest checkpoint in models/ on images/samples/).",
-        allow_abbrev=False)
+        epilog=inference.INFERENCE_OPTIONS_HELP, allow_abbrev=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", nargs="+", metavar="PATH",
                         help="image files and/or folders of images (default: images/samples/)")

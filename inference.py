@@ -17,10 +17,20 @@ Coordinate conventions (used by every function below):
 The parsing functions (find_peaks, score_limbs, match_limbs, assemble_people, parse_poses) are
 pure numpy (plus cv2.GaussianBlur and scipy's assignment solver) and work at grid resolution:
 nothing is up-sampled to image size, which is what makes parsing take about a millisecond.
+
+Multi-scale inference (predict_maps, estimate_poses_stream) averages the scales' maps on a
+fusion grid (fusion_grid): by default the largest scale's output grid made twice finer, which
+locates joints as well as the original's fusion at image resolution at a fraction of its cost
+(benchmarks/bench_fusion.py). Images are batched by padded input shape, mirror images in the
+same batch, and parsing runs on a worker thread while the network works on the next images.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import cv2
@@ -34,8 +44,20 @@ from config import (
 # outputs next to a peak can be zero or negative), and a found joint's score is at least this,
 # so that score 0 always means "missing".
 LOG_FLOOR = 1e-6
-# Images sent through the model in one call (frames, their mirror images, or both).
-INFERENCE_BATCH = 8
+# Decimals of the sub-pixel coordinates written to submission files (1/100 pixel changes no
+# OKS noticeably and keeps the files small).
+COORDINATE_DECIMALS = 2
+
+# --help text of the inference options (Config fields) that scripts running a model share.
+INFERENCE_OPTIONS_HELP = (
+    "Inference options: --scales and --flip_test choose the network passes; "
+    "--fusion_upsample U fuses the scales on the largest scale's output grid made U times "
+    "finer (default 2, as accurate as the original's fusion at image resolution; 0: at image "
+    "resolution, slow); --limb_acceptance more_than|at_least accepts a limb when more than "
+    "(the original) or at least paf_min_fraction of its samples pass --paf_threshold; "
+    "--integer_output writes whole-pixel coordinates (default: sub-pixel, which the official "
+    "metric scores exactly); --input_bucket, --inference_batch and --inference_chunk set the "
+    "width buckets, network batch and images per round of the batched path (speed only).")
 
 LIMB_A = np.array([a for a, _ in LIMBS], dtype=np.int64)
 LIMB_B = np.array([b for _, b in LIMBS], dtype=np.int64)
@@ -183,19 +205,20 @@ def _strongest_per_joint(joint, value, limit):
     return kept[np.lexsort((kept, joint[kept]))]
 
 
-def find_peaks(heatmaps, cfg):
+def find_peaks(heatmaps, cfg, smoothing=None):
     """Joint candidates: Gaussian smoothing, 3x3 non-maximum suppression, sub-cell refinement.
 
     heatmaps: (rows, cols, >= NUM_JOINTS) grid maps; channels past NUM_JOINTS (background) are
-    ignored. Smoothing sigma is cfg.peak_smoothing grid cells (0: none); a peak must exceed
-    cfg.peak_threshold on the smoothed map, and its position is refined on the smoothed map (a
-    smoothed Gaussian is still a Gaussian). Each joint keeps its cfg.max_peaks_per_joint
+    ignored. Smoothing sigma is `smoothing` grid cells of these maps, by default
+    cfg.peak_smoothing (maps on a finer grid than the network's pass a larger sigma, see
+    grid_mapping; 0: none); a peak must exceed cfg.peak_threshold on the smoothed map, and its
+    position is refined on the smoothed map (a smoothed Gaussian is still a Gaussian). Each joint keeps its cfg.max_peaks_per_joint
     strongest peaks: enough for any crowd, and it bounds the pair scoring, which grows with the
     square of the count, on the noisy maps of an untrained network. Returns Peaks in grid
     coordinates.
     """
     maps = np.ascontiguousarray(np.asarray(heatmaps)[:, :, :NUM_JOINTS], dtype=np.float32)
-    sigma = float(cfg.peak_smoothing)
+    sigma = float(cfg.peak_smoothing if smoothing is None else smoothing)
     smooth = cv2.GaussianBlur(maps, (0, 0), sigma) if sigma > 0 else maps
     smooth = smooth.reshape(maps.shape)  # OpenCV drops a length-1 channel axis.
     row, col, joint = _local_maxima(smooth, cfg.peak_threshold)
@@ -250,15 +273,32 @@ def _bilinear_pair(maps, points, channel):
     return samples
 
 
+def passes_sample_rule(passing, samples, cfg):
+    """Which candidate limbs have enough samples above the PAF threshold (bool array).
+
+    passing: (K,) int, samples above cfg.paf_threshold out of `samples` per candidate.
+    cfg.limb_acceptance "more_than" is the original's rule, passing > paf_min_fraction *
+    samples (9 of 10 for 0.8); "at_least" accepts passing >= paf_min_fraction * samples
+    (8 of 10).
+    """
+    needed = cfg.paf_min_fraction * samples
+    if cfg.limb_acceptance == "more_than":
+        return passing > needed
+    if cfg.limb_acceptance == "at_least":
+        return passing >= needed
+    raise ValueError(f"limb_acceptance must be 'more_than' or 'at_least', got "
+                     f"{cfg.limb_acceptance!r}")
+
+
 def score_limbs(peaks, pafs, cfg, image_height=None):
     """Score every candidate pair of every limb at once by the PAF line integral.
 
     pafs: (rows, cols, NUM_PAFS) grid maps. For each pair, cfg.paf_samples points from joint a
     to joint b read the limb's PAF (bilinear) and take its dot product with the segment's unit
-    vector. A pair is kept when at least cfg.paf_min_fraction of the samples exceed
-    cfg.paf_threshold and mean + min(0.5 * image_height / length - 1, 0) > 0 (the paper's prior
-    against limbs longer than half the image). The ratio is scale-free, so both are in grid
-    cells; image_height defaults to the number of grid rows. Returns Connections.
+    vector. A pair is kept when enough samples exceed cfg.paf_threshold (see
+    passes_sample_rule) and mean + min(0.5 * image_height / length - 1, 0) > 0 (the paper's
+    prior against limbs longer than half the image). The ratio is scale-free, so both are in
+    grid cells; image_height defaults to the number of grid rows. Returns Connections.
     """
     limb, index_a, index_b = _candidate_pairs(peaks)
     start_xy = peaks.xy[index_a]
@@ -272,8 +312,9 @@ def score_limbs(peaks, pafs, cfg, image_height=None):
     height = float(pafs.shape[0] if image_height is None else image_height)
     prior = np.minimum(0.5 * height / np.maximum(length, 1e-9) - 1.0, 0.0)
     score = alignment.mean(axis=1) + prior if len(limb) else np.zeros(0)
-    passing = (alignment > cfg.paf_threshold).mean(axis=1) if len(limb) else np.zeros(0)
-    keep = np.nonzero((passing >= cfg.paf_min_fraction) & (score > 0) & (length > 0))[0]
+    passing = (alignment > cfg.paf_threshold).sum(axis=1)
+    accepted = passes_sample_rule(passing, alignment.shape[1], cfg)
+    keep = np.nonzero(accepted & (score > 0) & (length > 0))[0]
     keep = keep[np.lexsort((-score[keep], limb[keep]))]
     return Connections(limb[keep], index_a[keep], index_b[keep], score[keep])
 
@@ -552,18 +593,19 @@ def people_from_members(peaks, members, stride, scale=(1.0, 1.0), offset=(0.0, 0
 
 
 def parse_poses(heatmaps, pafs, cfg, stride=None, scale=(1.0, 1.0), offset=(0.0, 0.0),
-                image_height=None):
+                image_height=None, smoothing=None):
     """Grid maps -> people in original-image pixels.
 
     heatmaps (rows, cols, NUM_HEATMAPS), pafs (rows, cols, NUM_PAFS); stride defaults to
     cfg.stride; scale = (sx, sy) resize factor original -> network input; offset in
-    network-input pixels (see grid_to_pixels); image_height in grid cells (default: rows).
+    network-input pixels (see grid_to_pixels); image_height in grid cells (default: rows);
+    smoothing: peak smoothing sigma in cells of these maps (default cfg.peak_smoothing).
     Returns (people float32 (N, NUM_JOINTS, 3) of (x, y, score), all zero for missing joints;
     person_scores float32 (N,)), best person first. Raises ValueError on bad shapes or NaN/inf.
     """
     check_maps(heatmaps, pafs)
     pafs = np.asarray(pafs, dtype=np.float32)
-    peaks = find_peaks(heatmaps, cfg)
+    peaks = find_peaks(heatmaps, cfg, smoothing)
     connections = match_limbs(score_limbs(peaks, pafs, cfg, image_height), peaks,
                               cfg.limb_matching)
     members, scores = assemble_people(peaks, connections, cfg)
@@ -572,20 +614,25 @@ def parse_poses(heatmaps, pafs, cfg, stride=None, scale=(1.0, 1.0), offset=(0.0,
     return people, scores
 
 
-def people_to_aic(people):
-    """(N, NUM_JOINTS, 3) people -> {"human1": [x, y, v] * 14 as 42 ints, ...}.
+def people_to_aic(people, integer=False):
+    """(N, NUM_JOINTS, 3) people -> {"human1": [x, y, v] * 14, ...} for a submission file.
 
-    v is 1 for found joints (score > 0); missing joints are [0, 0, 0]. The official metric
-    ignores v, so 0 for missing joints is the common convention.
+    x, y are floats rounded to COORDINATE_DECIMALS (sub-pixel: the official evaluator reads
+    floats and divides them exactly), or whole-pixel ints when `integer` (the official then
+    floor-divides half the squared distance, which costs a little, see aic_metric). v is 1
+    for found joints (score > 0); missing joints are [0, 0, 0] (the metric ignores v).
     """
     result = {}
     people = np.asarray(people, dtype=np.float64).reshape(-1, NUM_JOINTS, 3)
     for index, person in enumerate(people):
         found = person[:, 2] > 0
-        values = np.zeros((NUM_JOINTS, 3), dtype=np.int64)
-        values[found, :2] = np.rint(person[found, :2])
-        values[found, 2] = 1
-        result[f"human{index + 1}"] = values.reshape(-1).tolist()
+        xy = np.where(found[:, None], person[:, :2], 0.0)
+        if integer:
+            xy = np.rint(xy).astype(np.int64).tolist()
+        else:
+            xy = np.round(xy, COORDINATE_DECIMALS).tolist()
+        values = [[x, y, int(flag)] for (x, y), flag in zip(xy, found)]
+        result[f"human{index + 1}"] = [value for joint in values for value in joint]
     return result
 
 
@@ -612,29 +659,72 @@ def input_size(height, width, cfg, scale=1.0):
     return rows, cols
 
 
-def prepare_batch(images, size, cfg):
-    """Resize (N, H, W, 3) images to size = (rows, cols) and pad right/bottom with cfg.pad_value
-    to a multiple of cfg.stride; float32 RGB 0..255 (the model normalises itself)."""
+def padded_size(size, cfg):
+    """(rows, cols) of the network input that holds an image resized to size = (rows, cols).
+
+    Rows are padded to a multiple of cfg.stride, columns to a multiple of both cfg.stride and
+    cfg.input_bucket pixels: images of nearby aspect ratios then share an input shape, hence a
+    batch. Every path pads this way, so one image meets the same input however it is batched.
+    """
     rows, cols = size
-    padded_rows = -(-rows // cfg.stride) * cfg.stride
-    padded_cols = -(-cols // cfg.stride) * cfg.stride
-    batch = np.full((len(images), padded_rows, padded_cols, 3), cfg.pad_value, dtype=np.float32)
-    shrinking = rows < images[0].shape[0]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    for index, image in enumerate(images):
-        batch[index, :rows, :cols] = cv2.resize(image, (cols, rows), interpolation=interpolation)
-    return batch
+    step = math.lcm(int(cfg.stride), max(int(cfg.input_bucket), 1))
+    return -(-rows // cfg.stride) * cfg.stride, -(-cols // step) * step
 
 
-def run_network(model, batch):
-    """(heatmaps, pafs) numpy of the model's last stage for a float32 batch, in chunks.
+def prepare_input(image, size, padded, cfg):
+    """An RGB image resized to size = (rows, cols) and padded right/bottom to `padded` with
+    cfg.pad_value; float32 RGB 0..255 (the model normalises itself)."""
+    rows, cols = size
+    interpolation = cv2.INTER_AREA if rows < image.shape[0] else cv2.INTER_CUBIC
+    batch_input = np.full(tuple(padded) + (3,), cfg.pad_value, dtype=np.float32)
+    batch_input[:rows, :cols] = cv2.resize(image, (cols, rows), interpolation=interpolation)
+    return batch_input
+
+
+# Compiled forward passes of Keras models (see network_function), dropped with their model.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def network_function(model):
+    """A callable: float32 batch (N, H, W, 3) -> the model's outputs (last two: pafs, heatmaps).
+
+    A Keras model on the TensorFlow backend is wrapped once in a tf.function whose input shape
+    is left open, so every input shape runs one traced graph: called eagerly, the network
+    spends much of a small batch's time in per-layer Python overhead. Other callables (the
+    tests' stand-ins) are called as model(batch, training=False).
+    """
+    if model in _COMPILED:
+        return _COMPILED[model]
+
+    def forward(batch):
+        return model(batch, training=False)
+
+    function = forward
+    if type(model).__module__.startswith("keras"):
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # No Python control flow to convert: autograph off (it cannot read closures).
+            function = tf.function(forward, autograph=False, reduce_retracing=True,
+                                   input_signature=[tf.TensorSpec([None, None, None, 3],
+                                                                  tf.float32)])
+        _COMPILED[model] = function
+    return function
+
+
+def run_network(model, batch, batch_size=8):
+    """(heatmaps, pafs) numpy of the model's last stage for a float32 batch, `batch_size`
+    inputs per call.
 
     Raises ValueError when the outputs do not have config's channel counts (a checkpoint built
     for another skeleton).
     """
+    function = network_function(model)
     heatmaps, pafs = [], []
-    for first in range(0, len(batch), INFERENCE_BATCH):
-        outputs = model(batch[first:first + INFERENCE_BATCH], training=False)
+    for first in range(0, len(batch), max(int(batch_size), 1)):
+        outputs = function(batch[first:first + max(int(batch_size), 1)])
         pafs.append(np.asarray(outputs[-2], dtype=np.float32))
         heatmaps.append(np.asarray(outputs[-1], dtype=np.float32))
     heatmaps, pafs = np.concatenate(heatmaps), np.concatenate(pafs)
@@ -645,110 +735,180 @@ def run_network(model, batch):
     return heatmaps, pafs
 
 
-def _resampling_matrix(base_cells, base_factor, cells, factor, stride):
-    """(base_cells, cells) linear-interpolation weights from one scale's grid to the base grid.
+class ScaleMaps(NamedTuple):
+    """One image's network maps at one scale, mirror image averaged in.
 
-    A base cell's centre is traced to original pixels and into the other scale's grid, with
-    cv2.resize's pixel-centre convention (x_resized + 0.5 = (x_original + 0.5) * factor).
+    heatmaps (rows, cols, NUM_HEATMAPS) and pafs (rows, cols, NUM_PAFS) on the cells of the
+    network grid that cover the resized image (the padding's cells are cut off); factors
+    (fx, fy): resize factors from the original image to this scale's input.
     """
-    base_pixel = np.arange(base_cells) * stride + (stride - 1) / 2.0
-    original = (base_pixel + 0.5) / base_factor - 0.5
-    position = ((original + 0.5) * factor - 0.5 - (stride - 1) / 2.0) / stride
-    position = np.clip(position, 0.0, cells - 1.0)
-    low = np.minimum(position.astype(np.int64), max(cells - 2, 0))
-    weight = position - low
-    matrix = np.zeros((base_cells, cells))
-    matrix[np.arange(base_cells), low] += 1.0 - weight
-    matrix[np.arange(base_cells), np.minimum(low + 1, cells - 1)] += weight
-    return matrix
+
+    heatmaps: np.ndarray
+    pafs: np.ndarray
+    factors: tuple
 
 
-def _to_base_grid(maps, base_shape, base_factors, factors, stride):
-    """Resample (N, rows, cols, C) maps of one scale onto the base grid (bilinear)."""
-    row_matrix = _resampling_matrix(base_shape[0], base_factors[1], maps.shape[1], factors[1],
-                                    stride)
-    col_matrix = _resampling_matrix(base_shape[1], base_factors[0], maps.shape[2], factors[0],
-                                    stride)
-    if maps.shape[1:3] == tuple(base_shape) and np.allclose(row_matrix, np.eye(len(row_matrix))) \
-            and np.allclose(col_matrix, np.eye(len(col_matrix))):
-        return maps
-    return np.einsum("ar,nrcz,bc->nabz", row_matrix, maps, col_matrix,
-                     optimize=True).astype(np.float32)
-
-
-def _scale_maps(model, images, cfg, scale, base_shape, base_factors):
-    """Maps of same-size images at one scale (mirror images averaged in), on the base grid."""
-    height, width = images[0].shape[:2]
-    size = input_size(height, width, cfg, scale)
-    batch = prepare_batch(images, size, cfg)
+def _flip_averaged(model, batch, cfg):
+    """(heatmaps, pafs) of a batch, averaged with its mirror images (one network round) when
+    cfg.flip_test."""
+    count = len(batch)
     if cfg.flip_test:
         batch = np.concatenate([batch, batch[:, :, ::-1]])
-    heatmaps, pafs = run_network(model, batch)
+    heatmaps, pafs = run_network(model, batch, cfg.inference_batch)
     if cfg.flip_test:
-        count = len(images)
         mirror_heatmaps, mirror_pafs = unflip_maps(heatmaps[count:], pafs[count:])
         heatmaps = (heatmaps[:count] + mirror_heatmaps) / 2.0
         pafs = (pafs[:count] + mirror_pafs) / 2.0
-    factors = (size[1] / width, size[0] / height)
-    return (_to_base_grid(heatmaps, base_shape, base_factors, factors, cfg.stride),
-            _to_base_grid(pafs, base_shape, base_factors, factors, cfg.stride))
+    return heatmaps, pafs
 
 
-def _predict_same_size(model, images, cfg):
-    """predict_maps_batch for images that all have the same shape."""
-    height, width = images[0].shape[:2]
-    base_size = input_size(height, width, cfg)
-    base_shape = (-(-base_size[0] // cfg.stride), -(-base_size[1] // cfg.stride))
-    base_factors = (base_size[1] / width, base_size[0] / height)
-    heatmaps = np.zeros((len(images),) + base_shape + (NUM_HEATMAPS,), dtype=np.float32)
-    pafs = np.zeros((len(images),) + base_shape + (NUM_PAFS,), dtype=np.float32)
-    for scale in cfg.scales:
-        scale_heatmaps, scale_pafs = _scale_maps(model, images, cfg, scale, base_shape,
-                                                 base_factors)
-        heatmaps += scale_heatmaps / len(cfg.scales)
-        pafs += scale_pafs / len(cfg.scales)
-    mapping = {"stride": cfg.stride, "scale": base_factors,
-               "offset": (0.5 * base_factors[0] - 0.5, 0.5 * base_factors[1] - 0.5)}
-    return [(heatmaps[index], pafs[index], mapping) for index in range(len(images))]
+def scale_maps(model, images, cfg, scale):
+    """ScaleMaps of each RGB image (H, W, 3) at `scale`, in order.
 
-
-def _check_image(image, index):
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"image {index}: expected an RGB array (H, W, 3), got {image.shape}")
-    return image
-
-
-def predict_maps_batch(model, images, cfg):
-    """predict_maps for several RGB images; images of one size go through the model together.
-
-    Returns a list of (heatmaps, pafs, mapping), one per image, in order.
+    Images whose inputs have the same padded shape (padded_size) go through the network
+    together, their mirror images in the same batch.
     """
-    images = [_check_image(image, index) for index, image in enumerate(images)]
-    if not len(cfg.scales):
-        raise ValueError("cfg.scales is empty: give at least one scale, e.g. --scales 1")
+    sizes = [input_size(image.shape[0], image.shape[1], cfg, scale) for image in images]
+    groups = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(padded_size(size, cfg), []).append(index)
     results = [None] * len(images)
-    shapes = {}
-    for index, image in enumerate(images):
-        shapes.setdefault(image.shape, []).append(index)
-    for indices in shapes.values():
-        for index, result in zip(indices, _predict_same_size(model, [images[i] for i in indices],
-                                                             cfg)):
-            results[index] = result
+    for padded, members in groups.items():
+        batch = np.stack([prepare_input(images[index], sizes[index], padded, cfg)
+                          for index in members])
+        heatmaps, pafs = _flip_averaged(model, batch, cfg)
+        for position, index in enumerate(members):
+            height, width = images[index].shape[:2]
+            rows, cols = sizes[index]
+            # Only the cells over the image are kept: interpolation near the image's border
+            # then repeats its last cells instead of mixing in the padding's answers, and the
+            # width of the padding (which depends on the bucket) cannot leak into the maps.
+            cells = (-(-rows // cfg.stride), -(-cols // cfg.stride))
+            results[index] = ScaleMaps(heatmaps[position, :cells[0], :cells[1]],
+                                       pafs[position, :cells[0], :cells[1]],
+                                       (cols / width, rows / height))
     return results
 
 
-def predict_maps(model, image_rgb, cfg):
-    """Network maps of one RGB image (H, W, 3), averaged over cfg.scales (and the mirror image
-    when cfg.flip_test), on the grid of the image resized to cfg.inference_height.
+def network_maps(model, images, cfg):
+    """For each RGB image, its list of ScaleMaps (one per cfg.scales); one round per scale."""
+    if not len(cfg.scales):
+        raise ValueError("cfg.scales is empty: give at least one scale, e.g. --scales 1")
+    per_scale = [scale_maps(model, images, cfg, scale) for scale in cfg.scales]
+    return [list(maps) for maps in zip(*per_scale)]
 
-    Each scale s resizes the image to round(s * inference_height) rows (keeping the aspect
-    ratio), pads right/bottom to a multiple of cfg.stride with cfg.pad_value grey, runs the
-    model and resamples its last-stage maps to the base grid. Returns (heatmaps (rows, cols,
-    NUM_HEATMAPS), pafs (rows, cols, NUM_PAFS), mapping) where mapping = {"stride", "scale",
-    "offset"} are the keyword arguments of parse_poses / grid_to_pixels for original pixels.
+
+# --------------------------------------------------------------------------------------------
+# Fusing the scales
+# --------------------------------------------------------------------------------------------
+class FusionGrid(NamedTuple):
+    """The grid on which one image's maps of every scale are averaged.
+
+    shape (rows, cols); stride: pixels of a reference input per cell; factors (fx, fy): resize
+    factors from the original image to that reference input. Cell (r, c) stands for the
+    reference-input pixel (c * stride + (stride - 1) / 2, r * stride + (stride - 1) / 2), as
+    a network grid does, so grid_mapping gives parse_poses' arguments.
     """
-    return predict_maps_batch(model, [image_rgb], cfg)[0]
+
+    shape: tuple
+    stride: float
+    factors: tuple
+
+
+def fusion_grid(height, width, cfg):
+    """The FusionGrid of an image of height x width pixels.
+
+    The original upsamples every scale's maps to the image's resolution and averages there;
+    peak finding then dominates its run time. cfg.fusion_upsample = u > 0 fuses instead on the
+    output grid of the largest scale made u times finer (stride / u pixels of that scale's
+    input), which locates joints as accurately once u >= 2 (benchmarks/bench_fusion.py);
+    u = 0 fuses at the image's resolution, as the original.
+    """
+    upsample = int(cfg.fusion_upsample)
+    if upsample <= 0:
+        return FusionGrid((int(height), int(width)), 1.0, (1.0, 1.0))
+    rows, cols = input_size(height, width, cfg, max(cfg.scales))
+    stride = cfg.stride / upsample
+    return FusionGrid((math.ceil(rows / stride), math.ceil(cols / stride)), stride,
+                      (cols / width, rows / height))
+
+
+def grid_mapping(grid, height, cfg):
+    """parse_poses' keyword arguments for maps on `grid` of an image `height` pixels high.
+
+    stride, scale and offset take grid coordinates to original pixels with cv2.resize's
+    pixel-centre convention (x_input + 0.5 = (x_original + 0.5) * factor). smoothing is
+    cfg.peak_smoothing cells of the 1x network grid expressed in cells of this grid, so that
+    the same number of pixels is smoothed whatever grid the maps are fused on.
+    """
+    factor_x, factor_y = grid.factors
+    base_cell = cfg.stride * height / max(int(round(cfg.inference_height)), 1)
+    cell = grid.stride / factor_y
+    return {"stride": grid.stride, "scale": (factor_x, factor_y),
+            "offset": (0.5 * factor_x - 0.5, 0.5 * factor_y - 0.5),
+            "smoothing": float(cfg.peak_smoothing) * base_cell / cell}
+
+
+def resample(maps, grid, factors, stride, interpolation=cv2.INTER_CUBIC):
+    """Maps (rows, cols, C) float32 on one scale's network grid -> grid.shape + (C,).
+
+    factors (fx, fy): the scale's resize factors from the original image; stride: its grid's
+    pixels per cell. Fusion cell j's centre, traced to original pixels and into the network
+    grid (cv2.resize's pixel-centre convention), lands on network cell
+    p = (j + 0.5) * ratio - 0.5 with ratio = grid.stride * factor / (grid factor * stride):
+    exactly where cv2.resize with fx = 1 / ratio samples. So cv2.resize does the work (cubic
+    with a = -0.75, as the original's upsampling; taps beyond the maps repeat the border),
+    after the maps are extended by repeating their last cells so that its output covers the
+    whole grid.
+    """
+    ratio_x = grid.stride * factors[0] / (grid.factors[0] * stride)
+    ratio_y = grid.stride * factors[1] / (grid.factors[1] * stride)
+    rows, cols = grid.shape
+    extra_rows = max(2, math.ceil(rows * ratio_y) - maps.shape[0] + 2)
+    extra_cols = max(2, math.ceil(cols * ratio_x) - maps.shape[1] + 2)
+    extended = cv2.copyMakeBorder(np.ascontiguousarray(maps, dtype=np.float32), 0, extra_rows,
+                                  0, extra_cols, cv2.BORDER_REPLICATE)
+    resized = cv2.resize(extended, None, fx=1.0 / ratio_x, fy=1.0 / ratio_y,
+                         interpolation=interpolation)
+    return resized.reshape(resized.shape[:2] + (maps.shape[2],))[:rows, :cols]
+
+
+def fuse_scales(per_scale, grid, cfg, interpolation=cv2.INTER_CUBIC):
+    """The mean of one image's ScaleMaps on `grid`: (heatmaps (rows, cols, NUM_HEATMAPS),
+    pafs (rows, cols, NUM_PAFS)) float32, each scale resampled by `interpolation` (cubic, as
+    the original's cv2.resize)."""
+    total = np.zeros(tuple(grid.shape) + (NUM_HEATMAPS + NUM_PAFS,), dtype=np.float32)
+    for maps in per_scale:
+        both = np.concatenate([maps.heatmaps, maps.pafs], axis=2)
+        total += resample(both, grid, maps.factors, cfg.stride, interpolation)
+    total /= len(per_scale)
+    return (np.ascontiguousarray(total[:, :, :NUM_HEATMAPS]),
+            np.ascontiguousarray(total[:, :, NUM_HEATMAPS:]))
+
+
+def fused_maps(per_scale, image_shape, cfg):
+    """(heatmaps, pafs, mapping) of one image (see fuse_scales and grid_mapping)."""
+    height, width = image_shape[:2]
+    grid = fusion_grid(height, width, cfg)
+    heatmaps, pafs = fuse_scales(per_scale, grid, cfg)
+    return heatmaps, pafs, grid_mapping(grid, height, cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Images to people: one at a time, in batches, or as a stream
+# --------------------------------------------------------------------------------------------
+class Estimate(NamedTuple):
+    """The people found in one image and the fused maps they were parsed from.
+
+    people float32 (N, NUM_JOINTS, 3) of (x, y, score) in original pixels, missing joints
+    zero; scores float32 (N,), best person first; heatmaps, pafs and mapping as predict_maps.
+    """
+
+    people: np.ndarray
+    scores: np.ndarray
+    heatmaps: np.ndarray
+    pafs: np.ndarray
+    mapping: dict
 
 
 def clip_to_image(people, height, width):
@@ -759,13 +919,85 @@ def clip_to_image(people, height, width):
     return people
 
 
+def parse_image(per_scale, image_shape, cfg):
+    """Fuse one image's ScaleMaps and parse them into an Estimate."""
+    heatmaps, pafs, mapping = fused_maps(per_scale, image_shape, cfg)
+    people, scores = parse_poses(heatmaps, pafs, cfg, **mapping)
+    return Estimate(clip_to_image(people, *image_shape[:2]), scores, heatmaps, pafs, mapping)
+
+
+def _check_image(image, key):
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image {key}: expected an RGB array (H, W, 3), got {image.shape}")
+    return image
+
+
+def _later(pool, function, *arguments):
+    """A future of function(*arguments): on the pool's threads, or computed now without one."""
+    if pool is not None:
+        return pool.submit(function, *arguments)
+    future = Future()
+    future.set_result(function(*arguments))
+    return future
+
+
+def estimate_poses_stream(model, items, cfg, chunk_size=None, workers=1):
+    """Yield (key, Estimate) for each (key, RGB image (H, W, 3)) of the iterable `items`, in
+    order; keys are anything the caller wants back.
+
+    Images go through the network cfg.inference_chunk at a time (chunk_size overrides it; 1
+    is the one-at-a-time path): per scale, images whose inputs have one padded shape form
+    batches of cfg.inference_batch inputs, mirror images included. Fusion and parsing of a
+    chunk run on `workers` threads while the network works on the next chunk (0: in line),
+    so the parser stays off the critical path. The results do not depend on chunk_size or
+    workers: every image meets the same padded input (padded_size) in any batch.
+    """
+    chunk_size = max(int(chunk_size or cfg.inference_chunk), 1)
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+    iterator, pending = iter(items), []
+    try:
+        while True:
+            chunk = list(itertools.islice(iterator, chunk_size))
+            if not chunk:
+                break
+            images = [_check_image(image, key) for key, image in chunk]
+            maps = network_maps(model, images, cfg)
+            jobs = [(key, _later(pool, parse_image, per_scale, image.shape, cfg))
+                    for (key, _), image, per_scale in zip(chunk, images, maps)]
+            yield from ((key, job.result()) for key, job in pending)
+            pending = jobs
+        yield from ((key, job.result()) for key, job in pending)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict_maps_batch(model, images, cfg):
+    """predict_maps for several RGB images, batched; a list of (heatmaps, pafs, mapping)."""
+    images = [_check_image(image, index) for index, image in enumerate(images)]
+    return [fused_maps(per_scale, image.shape, cfg)
+            for image, per_scale in zip(images, network_maps(model, images, cfg))]
+
+
+def predict_maps(model, image_rgb, cfg):
+    """Network maps of one RGB image (H, W, 3), averaged over cfg.scales (and the mirror image
+    when cfg.flip_test) on the image's FusionGrid.
+
+    Each scale s resizes the image to round(s * inference_height) rows (keeping the aspect
+    ratio), pads it (padded_size) with cfg.pad_value grey, runs the model, and its last-stage
+    maps are resampled onto the fusion grid. Returns (heatmaps (rows, cols, NUM_HEATMAPS),
+    pafs (rows, cols, NUM_PAFS), mapping) where mapping = {"stride", "scale", "offset",
+    "smoothing"} are the keyword arguments of parse_poses (the first three: grid_to_pixels').
+    """
+    return predict_maps_batch(model, [image_rgb], cfg)[0]
+
+
 def estimate_poses_batch(model, images, cfg):
     """estimate_poses for several images (batched through the model); list of (people, scores)."""
-    results = []
-    for image, (heatmaps, pafs, mapping) in zip(images, predict_maps_batch(model, images, cfg)):
-        people, scores = parse_poses(heatmaps, pafs, cfg, **mapping)
-        results.append((clip_to_image(people, *np.asarray(image).shape[:2]), scores))
-    return results
+    stream = estimate_poses_stream(model, enumerate(images), cfg, chunk_size=len(images) or 1,
+                                   workers=0)
+    return [(estimate.people, estimate.scores) for _, estimate in stream]
 
 
 def estimate_poses(model, image_rgb, cfg):

@@ -59,10 +59,16 @@ files (the weights file or checkpoint the user names); ``build_model`` does no I
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import io
+import json
 import math
 import os
+import zipfile
 
 import keras
+import numpy as np
 from keras import layers
 
 import config as config_module
@@ -90,6 +96,8 @@ PIXEL_SPREAD = 58.0
 VGG19_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
                    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
 BRANCHES = (("L1", NUM_PAFS), ("L2", NUM_HEATMAPS))
+# The member of a .keras checkpoint archive that holds the run's config (see embed_config).
+EMBEDDED_CONFIG = "openpose_config.json"
 
 
 def check_input_normalization(name):
@@ -368,27 +376,116 @@ def load_backbone_weights(model, source):
     return len(targets)
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names the file and the problem."""
+
+
+def embed_config(archive_path, cfg):
+    """Store `cfg` inside a saved .keras archive (a zip), so that the checkpoint itself says
+    which architecture its weights belong to; Keras ignores the extra member."""
+    with zipfile.ZipFile(archive_path, "a") as archive:
+        archive.writestr(EMBEDDED_CONFIG, json.dumps(cfg.to_dict(), sort_keys=True))
+
+
+def embedded_config(archive_path):
+    """The Config stored by embed_config in a .keras archive, or None when it holds none."""
+    with zipfile.ZipFile(archive_path) as archive:
+        if EMBEDDED_CONFIG not in archive.namelist():
+            return None
+        values = json.loads(archive.read(EMBEDDED_CONFIG))
+    return config_module.config_from_dict(values, f"{archive_path}:{EMBEDDED_CONFIG}")
+
+
+def _fingerprint(array):
+    array = np.ascontiguousarray(array)
+    return array.shape, str(array.dtype), hashlib.blake2b(array.tobytes(), digest_size=16).digest()
+
+
+def stored_fingerprints(path):
+    """Counter of (shape, dtype, hash) of every array in a .keras archive or .weights.h5 file."""
+    import h5py
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            handle = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    else:
+        handle = h5py.File(path, "r")
+    found = collections.Counter()
+    with handle:
+        handle.visititems(lambda name, item: found.update([_fingerprint(item[()])])
+                          if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def check_fully_loaded(variables, path):
+    """Raise CheckpointError unless `variables` and the arrays stored in `path` are the same
+    multiset: every variable holds an array of the file, and every array of the file is held.
+
+    Keras matches layers by name and skips the ones it cannot match with at most a warning: a
+    variable left freshly initialised is found nowhere in the file, and a layer of the file
+    that the network lacks (its batch normalisation, say) leaves arrays over. (An all-zero
+    variable could pass unloaded; every real network has others.)
+    """
+    stored = stored_fingerprints(path)
+    held = collections.Counter(_fingerprint(np.asarray(v)) for v in variables)
+    unloaded, unused = held - stored, stored - held
+    if unloaded or unused:
+        raise CheckpointError(
+            f"{path}: {sum(unloaded.values())} of {len(variables)} variables were not loaded "
+            f"from it and {sum(unused.values())} of its arrays were left unused; the file holds "
+            f"a different network than the config describes")
+
+
+def _architecture_mismatch(saved, wanted):
+    changed = config_module.changed_fields(saved, wanted, [config_module.ARCHITECTURE])
+    return ", ".join(f"{name} {before!r} -> {after!r}" for name, before, after in changed)
+
+
 def load_checkpoint(path):
     """Load a trained network -> (keras.Model, Config).
 
     `path` is a checkpoint written by train.py (models/<run>/best.keras or last.keras) or a run
     directory (its best.keras, else last.keras). The run's config.json must sit beside it: the
-    network is rebuilt from that config under the current dtype policy and the checkpoint's
-    weights are loaded into it, so checkpoints load the same way whatever policy trained them.
+    network is rebuilt from it under the current dtype policy and the checkpoint's weights are
+    loaded into it, so checkpoints load the same way whatever policy trained them. Raises
+    CheckpointError (one line naming the file and the problem) when config.json describes
+    another architecture than the checkpoint's own stored config, when the file is not a Keras
+    archive, or when any variable was not loaded.
     """
+    path = _checkpoint_file(path)
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{config_path}: missing; a checkpoint needs the run's "
+                              f"config.json beside {os.path.basename(path)}")
+    cfg = config_module.load_config(config_path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a Keras .keras archive (train.py writes those)")
+    saved = embedded_config(path)
+    if saved is not None and _architecture_mismatch(saved, cfg):
+        raise CheckpointError(f"{config_path}: describes another network than "
+                              f"{os.path.basename(path)} was saved with "
+                              f"({_architecture_mismatch(saved, cfg)})")
+    network = build_model(cfg)
+    try:
+        network.load_weights(path)
+    except (ValueError, KeyError, OSError) as error:
+        raise CheckpointError(f"{path}: cannot be loaded into the network of {config_path} "
+                              f"({str(error).splitlines()[0]})") from error
+    check_fully_loaded(network.weights, path)
+    return network, cfg
+
+
+def _checkpoint_file(path):
+    """The checkpoint file of `path`: itself, or a run directory's best.keras / last.keras."""
     if os.path.isdir(path):
         candidates = [os.path.join(path, name) for name in ("best.keras", "last.keras")]
         found = [candidate for candidate in candidates if os.path.isfile(candidate)]
         if not found:
-            raise FileNotFoundError(f"{path}: no best.keras or last.keras in this run directory")
-        path = found[0]
+            raise CheckpointError(f"{path}: no best.keras or last.keras in this run directory")
+        return found[0]
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path}: missing; load_checkpoint needs the run's "
-                                f"config.json beside {os.path.basename(path)}")
-    cfg = config_module.load_config(config_path)
-    network = build_model(cfg)
-    network.load_weights(path)
-    return network, cfg
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return path

@@ -23,9 +23,8 @@ import time
 import config
 import utils
 
-VALIDATION_FOLDER = "ai_challenger_keypoint_validation_20170911"
-VALIDATION_IMAGES = "keypoint_validation_images_20170911"
-VALIDATION_ANNOTATIONS = "keypoint_validation_annotations_20170911.json"
+# The synthetic set has the official validation release's layout.
+VALIDATION = config.AIC_RELEASES["val"]
 
 
 def parse_arguments(argv=None):
@@ -81,8 +80,8 @@ def main(arguments):
     data_arguments = ["--data_dir", paths["data"], "--records_dir", paths["records"]]
     run_arguments = ["--preset", "cpu", "--models_dir", paths["models"],
                      "--logs_dir", paths["logs"], "--run_name", arguments.run_name]
-    validation_dir = os.path.join(paths["data"], VALIDATION_FOLDER)
-    reference = os.path.join(validation_dir, VALIDATION_ANNOTATIONS)
+    validation_dir = os.path.join(paths["data"], VALIDATION.folder)
+    reference = os.path.join(validation_dir, VALIDATION.annotations)
     model_dir = os.path.join(paths["models"], arguments.run_name)
     log_dir = os.path.join(paths["logs"], arguments.run_name)
     checkpoint = os.path.join(model_dir, "best.keras")
@@ -106,9 +105,9 @@ def main(arguments):
         "--max_train_minutes", str(arguments.minutes), *arguments.train_overrides])
     timings["evaluate"] = run_step("4/5 official mAP on the synthetic validation split", [
         python, "evaluate.py", "--model", checkpoint, "--images",
-        os.path.join(validation_dir, VALIDATION_IMAGES), "--ref", reference,
+        os.path.join(validation_dir, VALIDATION.images), "--ref", reference,
         "--out", predictions, "--json_out", scores])
-    copy_demo_images(os.path.join(validation_dir, VALIDATION_IMAGES), demo_dir,
+    copy_demo_images(os.path.join(validation_dir, VALIDATION.images), demo_dir,
                      arguments.demo_images)
     timings["demo"] = run_step("5/5 demo drawings", [
         python, "demo.py", "--model", checkpoint, "--image", demo_dir])

@@ -4,10 +4,17 @@
     python train.py --preset paper --backbone_weights imagenet
     python train.py --preset cpu --resume              # continue models/cpu/ where it stopped
 
+The pieces of a run (strategy, this worker's role and folders, run state, network, trainer,
+schedule, step counts) are one ``Run``; ``train(cfg)`` opens it, builds it and fits it.
+Messages go through ``logging`` (the CLI prints them as ``train.py: ...``); expected failures
+raise ``TrainError`` or ``model.CheckpointError``, which the CLI prints as one line before
+exiting with status 2.
+
 Loss
-    Caffe's Euclidean loss of the original on every stage and both branches, summed:
-    sum(mask * (prediction - target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast
-    over the channels. Each stage's PAF and heatmap losses and the two branch totals are logged.
+    Caffe's Euclidean loss of the original on every stage and both branches, summed
+    (model.masked_l2 and model.stage_losses, in keras.ops): sum(mask * (prediction -
+    target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast over the channels. Each
+    stage's PAF and heatmap losses and the two branch totals are logged.
 
 Optimiser
     SGD with momentum (paper), Adam or AdamW with a step-decay schedule
@@ -25,9 +32,12 @@ Safety
     training stops with a message, and no checkpoint is written after it, so models/<run>/ keeps
     the last finite weights (with mixed float16 the loss-scale optimiser skips such steps
     itself and only a non-finite loss stops the run). max_train_minutes stops cleanly and saves.
+    Before each checkpoint the free space is checked; a full disk (or a failed write) stops the
+    run with one line and keeps the last good checkpoint.
 
 Outputs (the chief worker only)
-    models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser)
+    models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser,
+                                 the run's config stored inside: model.embed_config)
     models/<run>/best.keras      the network with the lowest validation loss so far
     models/<run>/config.json     the resolved config (model.load_checkpoint reads it)
     models/<run>/state-<step>.weights.h5  network + optimiser state for --resume
@@ -45,7 +55,9 @@ Resume (--resume)
     iteration count, hence the learning-rate schedule) from the state file named in last.json,
     and continues at the same global step: the rest of an interrupted epoch first, then whole
     epochs up to --epochs. The training stream is reshuffled with seed + step, so a resumed run
-    does not replay the images it saw right after its start.
+    does not replay the images it saw right after its start. Fields whose config role is
+    architecture or training_state (config.py) must not change: a changed one is refused with
+    one line naming it. Every variable must come from the state file (model.check_fully_loaded).
 
 Distribution (--strategy auto|mirrored|multiworker)
     auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
@@ -60,9 +72,12 @@ Distribution (--strategy auto|mirrored|multiworker)
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -71,21 +86,24 @@ import tempfile
 import time
 import warnings
 
+import cv2
 import keras
+import matplotlib
 import numpy as np
 import tensorflow as tf
 
+matplotlib.use("Agg")  # Figures are written to files; no display is needed or wanted.
+import matplotlib.pyplot as plt  # noqa: E402
+
 import config as config_module
+import data_generator
 import model as model_module
 import utils
-from config import NUM_HEATMAPS, NUM_JOINTS, NUM_PAFS
+from config import NUM_JOINTS
 
+LOGGER = logging.getLogger("train")
 SIDECAR_NAME = "last.json"
 STATE_PATTERN = "state-{step:09d}.weights.h5"
-# Fields that must not change when a run is resumed, since the saved state depends on them.
-RESUME_FIXED_FIELDS = ("stride", "stages", "backbone_channels", "cpm_channels", "stage_channels",
-                       "stage1_kernel", "stage1_hidden", "stage_kernel", "stage_convs",
-                       "batch_norm", "input_normalization", "optimizer", "mixed_precision")
 # Validation samples drawn in TensorBoard.
 IMAGE_SAMPLES = 3
 # ReduceLROnPlateau divides the learning rate by this (the config's "lr/3").
@@ -345,43 +363,7 @@ def set_precision_policy(cfg):
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def synthetic_dataset(cfg, split, training, shard=None, input_context=None, batches=2):
-    """Random images and maps with make_dataset's shapes, for benchmarks and smoke tests.
-
-    Same signature and batching rules as data_generator.make_dataset; `batches` distinct
-    per-replica batches are drawn (from cfg.seed, the split and the input pipeline) and repeated
-    forever when training, or given once otherwise. The values mean nothing.
-    """
-    pipeline, batch_size = 0, cfg.batch_size
-    if shard is not None and hasattr(shard, "num_input_pipelines"):
-        input_context = shard
-    elif shard is not None:
-        pipeline = int(shard[1])
-    if input_context is not None:
-        pipeline = input_context.input_pipeline_id
-        batch_size = input_context.get_per_replica_batch_size(cfg.batch_size)
-    rng = np.random.default_rng((cfg.seed, pipeline, 0 if split == "train" else 1))
-    size, grid, count = cfg.input_size, cfg.input_size // cfg.stride, batches * batch_size
-    images = rng.uniform(0, 255, (count, size, size, 3)).astype(np.float32)
-    targets = {"heatmaps": rng.uniform(0, 1, (count, grid, grid, NUM_HEATMAPS)).astype(np.float32),
-               "pafs": rng.uniform(-1, 1, (count, grid, grid, NUM_PAFS)).astype(np.float32),
-               "mask": (rng.uniform(0, 1, (count, grid, grid, 1)) < 0.9).astype(np.float32)}
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).batch(batch_size)
-    return dataset.cache().repeat() if training else dataset
-
-
-def count_records(cfg, split):
-    """Number of non-empty lines of {records_dir}/{split}.jsonl (0 when the file is missing)."""
-    path = os.path.join(cfg.records_dir, f"{split}.jsonl")
-    if not os.path.isfile(path):
-        return 0
-    with open(path, "r", encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
 def _default_dataset_fn():
-    import data_generator
-
     return data_generator.make_dataset
 
 
@@ -418,8 +400,6 @@ def fixed_samples(dataset_fn, cfg, split, count=IMAGE_SAMPLES):
 # ---------------------------------------------------------------------------------------------
 def _colour_map(values, size):
     """(rows, cols) values in 0..1 -> (size, size, 3) uint8 RGB jet colours (nearest upsample)."""
-    import cv2
-
     scaled = np.clip(np.nan_to_num(values), 0.0, 1.0)
     coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     return cv2.resize(coloured, (size, size), interpolation=cv2.INTER_NEAREST)
@@ -490,30 +470,82 @@ def _quiet_saving():
         yield
 
 
-def save_network(network, path):
+class TrainError(Exception):
+    """An expected failure (an existing run, a refused resume, a checkpoint that cannot be
+    written...); the CLI prints its one-line message and exits with status 2."""
+
+
+def save_network(network, path, cfg):
+    """Write the network to `path` (.keras) atomically, with `cfg` stored inside the archive."""
     with _quiet_saving(), utils.atomic_path(path) as temporary:
         network.save(temporary)
+        model_module.embed_config(temporary, cfg)
 
 
-def save_checkpoint(trainer, state, model_dir):
-    """Write state-<step>.weights.h5, last.keras, then last.json (the commit), atomically."""
+def _bytes_needed(trainer, model_dir):
+    """A generous estimate of one checkpoint's size: the last one's, else the variables' x3."""
+    sizes = [os.path.getsize(os.path.join(model_dir, name)) for name in os.listdir(model_dir)
+             if name.startswith("state-") or name == "last.keras"]
+    if sizes:
+        return sum(sizes)
+    return 3 * sum(int(np.prod(v.shape)) * 4 for v in trainer.network.weights)
+
+
+def check_free_space(trainer, model_dir):
+    """Raise TrainError before writing when model_dir has too little room for a checkpoint.
+
+    A full disk in the middle of an HDF5 write floods the terminal with h5py errors and can
+    crash the process; refusing first keeps the last good checkpoint and says why in one line.
+    """
+    needed, free = 1.2 * _bytes_needed(trainer, model_dir), shutil.disk_usage(model_dir).free
+    if free < needed:
+        raise TrainError(f"{model_dir}: only {free / 1e6:.1f} MB free, a checkpoint needs about "
+                         f"{needed / 1e6:.1f} MB; training stopped, the last good checkpoint "
+                         f"({SIDECAR_NAME}) is kept. Free some space and continue with --resume")
+
+
+def save_checkpoint(trainer, state, model_dir, cfg):
+    """Write state-<step>.weights.h5, last.keras, then last.json (the commit), atomically.
+
+    Raises TrainError (one line) when the disk is full or the write fails; the previous
+    checkpoint, which last.json still names, is kept and the half-written one removed.
+    """
+    check_free_space(trainer, model_dir)
     state_file = STATE_PATTERN.format(step=state.step)
-    with _quiet_saving(), utils.atomic_path(os.path.join(model_dir, state_file)) as temporary:
-        trainer.save_weights(temporary)
-    save_network(trainer.network, os.path.join(model_dir, "last.keras"))
+    try:
+        with _quiet_saving(), utils.atomic_path(os.path.join(model_dir, state_file)) as path:
+            trainer.save_weights(path)
+        save_network(trainer.network, os.path.join(model_dir, "last.keras"), cfg)
+        values = dataclasses.asdict(dataclasses.replace(state, state_file=state_file))
+        values["best_loss"] = values["best_loss"] if math.isfinite(values["best_loss"]) else None
+        utils.atomic_write_json(os.path.join(model_dir, SIDECAR_NAME), values, indent=2)
+    except OSError as error:
+        if state.state_file != state_file and os.path.exists(os.path.join(model_dir, state_file)):
+            os.remove(os.path.join(model_dir, state_file))
+        raise TrainError(f"{model_dir}: could not write the checkpoint of step {state.step} "
+                         f"({error.strerror or error}); training stopped, the last good "
+                         f"checkpoint is kept. Continue with --resume") from error
     state.state_file = state_file
-    values = dataclasses.asdict(state)
-    values["best_loss"] = values["best_loss"] if math.isfinite(values["best_loss"]) else None
-    utils.atomic_write_json(os.path.join(model_dir, SIDECAR_NAME), values, indent=2)
     for name in os.listdir(model_dir):
         if name.startswith("state-") and name.endswith(".weights.h5") and name != state_file:
             os.remove(os.path.join(model_dir, name))
 
 
 def restore_checkpoint(trainer, state, model_dir):
-    """Load network and optimiser state (call under the strategy's scope)."""
+    """Load network and optimiser state (call under the strategy's scope); every variable must
+    come from the file (model.check_fully_loaded), or CheckpointError says so."""
     trainer.build_optimizer()
-    trainer.load_weights(os.path.join(model_dir, state.state_file))
+    path = os.path.join(model_dir, state.state_file)
+    with warnings.catch_warnings():
+        # A mismatch is reported below as one error rather than as Keras' warnings.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            trainer.load_weights(path)
+        except (ValueError, KeyError) as error:
+            raise model_module.CheckpointError(
+                f"{path}: does not fit the network and optimiser of the run's config "
+                f"({str(error).splitlines()[0]})") from error
+    model_module.check_fully_loaded(trainer.network.weights + trainer.optimizer.variables, path)
 
 
 def _all_finite(network):
@@ -522,13 +554,6 @@ def _all_finite(network):
 
 def write_loss_curve(csv_path, png_path):
     """Plot loss and val_loss per epoch from training.csv into png_path (atomically)."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with open(csv_path, "r", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
@@ -566,11 +591,11 @@ class NanGuard(keras.callbacks.Callback):
             return
         self.state.stop_reason = "nan"
         self.model.stop_training = True
-        print(f"\ntrain.py: the loss or its gradients became NaN/inf at step "
-              f"{self.state.step + 1}; that update was dropped and training stopped. The "
-              f"last good checkpoint is {os.path.join(self.model_dir, 'last.keras')} "
-              f"(step {self.state_step_on_disk()}). Lower --learning_rate or check the data, "
-              f"then continue with --resume.", file=sys.stderr, flush=True)
+        LOGGER.error("the loss or its gradients became NaN/inf at step %d; that update was "
+                     "dropped and training stopped. The last good checkpoint is %s (step %s). "
+                     "Lower --learning_rate or check the data, then continue with --resume.",
+                     self.state.step + 1, os.path.join(self.model_dir, "last.keras"),
+                     self.state_step_on_disk())
 
     def state_step_on_disk(self):
         saved = read_run_state(self.model_dir) if os.path.isdir(self.model_dir) else None
@@ -610,20 +635,22 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.epoch = self.state.step // self.steps_per_epoch
         at_epoch_end = self.state.step % self.steps_per_epoch == 0
         if self.every > 0 and self.state.step % self.every == 0 and not at_epoch_end:
-            save_checkpoint(self.model, self.state, self.model_dir)
+            save_checkpoint(self.model, self.state, self.model_dir, self.cfg)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.state.stop_reason == "nan" or not _all_finite(self.model.network):
             return
+        check_free_space(self.model, self.model_dir)  # before best.keras, too
         value = float(logs.get(self.monitor, math.nan))
         improved = np.isfinite(value) and value < self.state.best_loss
         if improved:
             self.state.best_loss = value
-            save_network(self.model.network, os.path.join(self.model_dir, "best.keras"))
+            save_network(self.model.network, os.path.join(self.model_dir, "best.keras"),
+                         self.cfg)
         if self.state.step % self.steps_per_epoch == 0:  # only whole epochs count
             self._plateau(improved)
-        save_checkpoint(self.model, self.state, self.model_dir)
+        save_checkpoint(self.model, self.state, self.model_dir, self.cfg)
 
     def _plateau(self, improved):
         self.state.epochs_without_improvement = 0 if improved else \
@@ -633,9 +660,8 @@ class Checkpointer(keras.callbacks.Callback):
             self.state.lr_factor /= PLATEAU_DIVISOR
             self.state.plateau_wait = 0
             self.schedule.factor.assign(self.state.lr_factor)
-            print(f"\ntrain.py: no improvement of {self.monitor} for "
-                  f"{self.cfg.reduce_lr_patience} epochs; learning rate x "
-                  f"{self.state.lr_factor:.4g}", flush=True)
+            LOGGER.info("no improvement of %s for %d epochs; learning rate x %.4g",
+                        self.monitor, self.cfg.reduce_lr_patience, self.state.lr_factor)
         patience = self.cfg.early_stopping_patience
         if 0 < patience <= self.state.epochs_without_improvement:
             self.state.stop_reason = "early_stopping"
@@ -684,89 +710,153 @@ class MapImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
-def make_callbacks(cfg, strategy, state, dirs, schedule, steps_per_epoch, monitor, samples):
+def make_callbacks(run, monitor, samples):
     """The callback list in the order that matters: guard, budget, checkpoints, then logs."""
-    model_dir, log_dir = dirs
+    cfg, state = run.cfg, run.state
     callbacks = [
-        NanGuard(state, model_dir),
-        TimeBudget(state, cfg.max_train_minutes, strategy),
-        Checkpointer(cfg, state, model_dir, schedule, steps_per_epoch, monitor),
+        NanGuard(state, run.write_model_dir),
+        TimeBudget(state, cfg.max_train_minutes, run.strategy),
+        Checkpointer(cfg, state, run.write_model_dir, run.schedule, run.steps_per_epoch,
+                     monitor),
         LearningRateLogger(),
-        keras.callbacks.CSVLogger(os.path.join(log_dir, "training.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch", write_graph=False),
+        keras.callbacks.CSVLogger(os.path.join(run.write_log_dir, "training.csv"),
+                                  append=True),
+        keras.callbacks.TensorBoard(log_dir=run.write_log_dir, update_freq="epoch",
+                                    write_graph=False),
     ]
     if samples is not None and cfg.log_images_every > 0:
-        callbacks.append(MapImages(state, samples, log_dir, cfg.log_images_every))
+        callbacks.append(MapImages(state, samples, run.write_log_dir, cfg.log_images_every))
     return callbacks
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def _check_resumable(cfg, model_dir):
+# Config roles whose fields must not change on --resume: they shape the saved weights and
+# optimiser state (config.py says each field's role).
+RESUME_FIXED_ROLES = (config_module.ARCHITECTURE, config_module.TRAINING_STATE)
+
+
+def check_resumable(cfg, model_dir):
+    """Raise TrainError naming every field of RESUME_FIXED_ROLES that differs from the run's
+    saved config.json."""
     saved_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(saved_path):
         return
     saved = config_module.load_config(saved_path)
-    changed = [name for name in RESUME_FIXED_FIELDS
-               if getattr(saved, name) != getattr(cfg, name)]
+    changed = config_module.changed_fields(saved, cfg, RESUME_FIXED_ROLES)
     if changed:
-        details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(cfg, name)!r}"
-                            for name in changed)
-        raise ValueError(f"{saved_path}: cannot resume with a different {details}")
-
-
-def prepare_directories(cfg, chief, task_id):
-    """(read_model_dir, (write_model_dir, write_log_dir), temporary dirs to delete)."""
-    model_dir, log_dir = config_module.run_directories(cfg)
-    if chief:
-        os.makedirs(model_dir, exist_ok=True)
-        os.makedirs(log_dir, exist_ok=True)
-        return model_dir, (model_dir, log_dir), []
-    scratch = tempfile.mkdtemp(prefix=f"openpose-worker{task_id}-")
-    dirs = (os.path.join(scratch, "models"), os.path.join(scratch, "logs"))
-    for directory in dirs:
-        os.makedirs(directory)
-    return model_dir, dirs, [scratch]
+        details = ", ".join(f"--{name} {before!r} -> {after!r}" for name, before, after in changed)
+        raise TrainError(f"{saved_path}: cannot resume with a different {details} (the saved "
+                         f"weights and optimiser state fit the saved value); drop the option "
+                         f"or start a new run with --run_name")
 
 
 def initial_state(cfg, model_dir):
-    """The RunState to start from: last.json when resuming, a fresh one otherwise."""
+    """(RunState to start from, resumed): last.json when resuming, a fresh state otherwise."""
     saved = read_run_state(model_dir)
     if cfg.resume:
         if saved is None:
-            print(f"train.py: --resume given but {model_dir}/ has no checkpoint yet; starting a "
-                  f"new run", flush=True)
+            LOGGER.warning("--resume given but %s/ has no checkpoint yet; starting a new run",
+                           model_dir)
             return RunState(), False
-        _check_resumable(cfg, model_dir)
+        check_resumable(cfg, model_dir)
         saved.stop_reason = ""
         return saved, True
     if saved is not None:
-        raise FileExistsError(f"{model_dir}/ already holds run {cfg.name!r} (step {saved.step}); "
-                              f"pass --resume to continue it or choose another --run_name")
+        raise TrainError(f"{model_dir}/ already holds run {cfg.name!r} (step {saved.step}); "
+                         f"pass --resume to continue it or choose another --run_name")
     return RunState(), False
 
 
-def resolve_steps(cfg, dataset_fn, strategy):
-    """(steps_per_epoch, validation_steps or None, has_validation)."""
-    real_data = dataset_fn is None
-    steps_per_epoch = cfg.steps_per_epoch
-    if steps_per_epoch <= 0:
+@dataclasses.dataclass
+class Run:
+    """One training run's pieces, made by Run.open and used by fit.
+
+    model_dir is the run's checkpoint folder (read when resuming); write_model_dir and
+    write_log_dir are where this process writes: the run's own folders on the chief, scratch
+    folders (deleted by close) on other workers.
+    """
+
+    cfg: config_module.Config
+    strategy: tf.distribute.Strategy
+    policy: str
+    chief: bool
+    model_dir: str
+    write_model_dir: str
+    write_log_dir: str
+    scratch: list
+    state: RunState
+    resumed: bool
+    network: keras.Model = None
+    trainer: PoseTrainer = None
+    schedule: StepDecay = None
+    steps_per_epoch: int = 0
+    validation_steps: int = None
+    has_validation: bool = False
+
+    @classmethod
+    def open(cls, cfg):
+        """Precision policy, strategy, this worker's role and folders, and the run state."""
+        policy = set_precision_policy(cfg)
+        strategy = make_strategy(cfg.strategy)
+        chief, task_id = worker_role(strategy)
+        model_dir, log_dir = config_module.run_directories(cfg)
+        scratch = []
+        if not chief:
+            scratch = [tempfile.mkdtemp(prefix=f"openpose-worker{task_id}-")]
+            model_dir_out, log_dir_out = (os.path.join(scratch[0], n) for n in ("models", "logs"))
+        else:
+            model_dir_out, log_dir_out = model_dir, log_dir
+        for directory in (model_dir_out, log_dir_out):
+            os.makedirs(directory, exist_ok=True)
+        state, resumed = initial_state(cfg, model_dir)
+        return cls(cfg, strategy, policy, chief, model_dir, model_dir_out, log_dir_out, scratch,
+                   state, resumed)
+
+    def build(self):
+        """The network, its trainer and schedule, restored from the checkpoint when resuming
+        or with the backbone weights otherwise; then the config is saved beside both."""
+        keras.utils.set_random_seed(self.cfg.seed + self.state.step)
+        with self.strategy.scope():
+            self.network = model_module.build_model(self.cfg)
+            self.trainer, self.schedule = make_trainer(self.cfg, self.network)
+            if self.resumed:
+                restore_checkpoint(self.trainer, self.state, self.model_dir)
+                self.schedule.factor.assign(self.state.lr_factor)
+            elif model_module.load_backbone_weights(self.network, self.cfg.backbone_weights):
+                LOGGER.info("backbone conv1_1..conv4_2 from %s", self.cfg.backbone_weights)
+        csv_path = os.path.join(self.write_log_dir, "training.csv")
+        if self.chief and not self.resumed and os.path.exists(csv_path):
+            os.remove(csv_path)  # left by a run that never saved a checkpoint
+        for directory in (self.write_model_dir, self.write_log_dir):
+            config_module.save_config(self.cfg, os.path.join(directory, "config.json"))
+
+    def close(self):
+        for directory in self.scratch:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def resolve_steps(run, real_data):
+    """Set run.steps_per_epoch, run.validation_steps (None: one pass) and run.has_validation."""
+    cfg = run.cfg
+    run.steps_per_epoch = cfg.steps_per_epoch
+    if run.steps_per_epoch <= 0:
         if not real_data:
-            raise ValueError("steps_per_epoch must be set when training on a custom dataset")
-        records = count_records(cfg, "train")
+            raise TrainError("steps_per_epoch must be set when training on a custom dataset")
+        records = data_generator.count_records(cfg, "train")
         if records == 0:
-            raise FileNotFoundError(f"{cfg.records_dir}/train.jsonl: no training records; run "
-                                    f"pre-process.py first")
-        steps_per_epoch = max(1, records // cfg.batch_size)
-    has_validation = (not real_data) or count_records(cfg, "val") > 0
-    validation_steps = cfg.validation_steps or None
-    if has_validation and validation_steps is None and strategy.num_replicas_in_sync > 1:
+            raise TrainError(f"{cfg.records_dir}/train.jsonl: no training records; run "
+                             f"pre-process.py first")
+        run.steps_per_epoch = max(1, records // cfg.batch_size)
+    run.has_validation = (not real_data) or data_generator.count_records(cfg, "val") > 0
+    run.validation_steps = cfg.validation_steps or None
+    if run.has_validation and run.validation_steps is None and \
+            run.strategy.num_replicas_in_sync > 1:
         # One pass would end with replicas (or workers) holding no data for the last step,
         # which tf.distribute fails on; a fixed count of a repeated stream cannot.
-        validation_steps = math.ceil(count_records(cfg, "val") / cfg.batch_size) \
-            if real_data else 2
-    return steps_per_epoch, validation_steps, has_validation
+        run.validation_steps = math.ceil(data_generator.count_records(cfg, "val") /
+                                         cfg.batch_size) if real_data else 2
 
 
 def fit_phases(state, steps_per_epoch, epochs):
@@ -782,86 +872,62 @@ def fit_phases(state, steps_per_epoch, epochs):
     return phases
 
 
-def _build(cfg, strategy, state, resumed, model_dir):
-    with strategy.scope():
-        network = model_module.build_model(cfg)
-        trainer, schedule = make_trainer(cfg, network)
-        if resumed:
-            restore_checkpoint(trainer, state, model_dir)
-            schedule.factor.assign(state.lr_factor)
-        else:
-            copied = model_module.load_backbone_weights(network, cfg.backbone_weights)
-            if copied:
-                print(f"train.py: backbone conv1_1..conv4_2 from {cfg.backbone_weights}",
-                      flush=True)
-    return network, trainer, schedule
-
-
 def train(cfg, dataset_fn=None):
-    """Train as configured; returns a summary dict (see the module docstring for the files)."""
-    policy = set_precision_policy(cfg)
-    strategy = make_strategy(cfg.strategy)
-    chief, task_id = worker_role(strategy)
-    read_model_dir, (model_dir, log_dir), scratch = prepare_directories(cfg, chief, task_id)
+    """Train as configured; returns a summary dict (see the module docstring for the files).
+
+    dataset_fn(cfg, split, training[, input_context]) -> batched dataset; default
+    data_generator.make_dataset on the records. Raises TrainError for expected failures.
+    """
+    run = Run.open(cfg)
     try:
-        state, resumed = initial_state(cfg, read_model_dir)
-        keras.utils.set_random_seed(cfg.seed + state.step)
-        network, trainer, schedule = _build(cfg, strategy, state, resumed, read_model_dir)
-        if chief and not resumed and os.path.exists(os.path.join(log_dir, "training.csv")):
-            os.remove(os.path.join(log_dir, "training.csv"))  # left by a run that never saved
-        for directory in (model_dir, log_dir):
-            config_module.save_config(cfg, os.path.join(directory, "config.json"))
-        summary = _fit(cfg, dataset_fn, strategy, chief, trainer, schedule, state,
-                       (model_dir, log_dir))
+        resolve_steps(run, real_data=dataset_fn is None)
+        run.build()
+        summary = fit(run, dataset_fn or data_generator.make_dataset)
     finally:
-        for directory in scratch:
-            shutil.rmtree(directory, ignore_errors=True)
-    summary.update(run=cfg.name, policy=policy, replicas=strategy.num_replicas_in_sync,
-                   resumed=resumed, chief=chief, model_dir=read_model_dir)
+        run.close()
+    summary.update(run=cfg.name, policy=run.policy, replicas=run.strategy.num_replicas_in_sync,
+                   resumed=run.resumed, chief=run.chief, model_dir=run.model_dir)
     return summary
 
 
-def _fit(cfg, dataset_fn, strategy, chief, trainer, schedule, state, dirs):
-    steps_per_epoch, validation_steps, has_validation = resolve_steps(cfg, dataset_fn, strategy)
-    dataset_fn = dataset_fn or _default_dataset_fn()
+def fit(run, dataset_fn):
+    """Keras fit over the phases of fit_phases; returns the summary of the steps run."""
+    cfg, state, strategy = run.cfg, run.state, run.strategy
     # A resumed run reshuffles with another seed rather than replaying the first batches.
     stream_cfg = dataclasses.replace(cfg, seed=cfg.seed + state.step)
     train_data = distributed_dataset(strategy, dataset_fn, stream_cfg, "train", True)
     validation_data = distributed_dataset(strategy, dataset_fn, cfg, "val", False,
-                                          validation_steps) if has_validation else None
-    monitor = "val_loss" if has_validation else "loss"
-    if not has_validation:
-        print("train.py: no validation records; best.keras follows the training loss",
-              flush=True)
-    samples = fixed_samples(dataset_fn, cfg, "val" if has_validation else "train") \
-        if chief else None
+                                          run.validation_steps) if run.has_validation else None
+    monitor = "val_loss" if run.has_validation else "loss"
+    if not run.has_validation:
+        LOGGER.warning("no validation records; best.keras follows the training loss")
+    samples = fixed_samples(dataset_fn, cfg, "val" if run.has_validation else "train") \
+        if run.chief else None
     state.best_monitor = monitor
-    callbacks = make_callbacks(cfg, strategy, state, dirs, schedule, steps_per_epoch, monitor,
-                               samples)
+    callbacks = make_callbacks(run, monitor, samples)
     start_step, started = state.step, time.monotonic()
-    print(f"train.py: run {cfg.name!r} from epoch {state.step // steps_per_epoch} step "
-          f"{state.step} ({steps_per_epoch} steps per epoch, {cfg.epochs} epochs, "
-          f"{strategy.num_replicas_in_sync} replica(s), global batch {cfg.batch_size})",
-          flush=True)
-    verbose = (1 if sys.stdout.isatty() else 2) if chief else 0
+    LOGGER.info("run %r from epoch %d step %d (%d steps per epoch, %d epochs, %d replica(s), "
+                "global batch %d)", cfg.name, state.step // run.steps_per_epoch, state.step,
+                run.steps_per_epoch, cfg.epochs, strategy.num_replicas_in_sync, cfg.batch_size)
+    verbose = (1 if sys.stdout.isatty() else 2) if run.chief else 0
     # Keras warns when a one-pass validation set of unknown length first runs out; that is
     # how evaluation ends here (the training stream is infinite and cannot run out).
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    for initial_epoch, end_epoch, steps in fit_phases(state, steps_per_epoch, cfg.epochs):
-        trainer.fit(train_data, initial_epoch=initial_epoch, epochs=end_epoch,
-                    steps_per_epoch=steps, validation_data=validation_data,
-                    callbacks=callbacks, verbose=verbose, shuffle=False)
+    for initial_epoch, end_epoch, steps in fit_phases(state, run.steps_per_epoch, cfg.epochs):
+        run.trainer.fit(train_data, initial_epoch=initial_epoch, epochs=end_epoch,
+                        steps_per_epoch=steps, validation_data=validation_data,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
         if state.stop_reason:
             break
-    if chief and os.path.isfile(os.path.join(dirs[1], "training.csv")):
-        write_loss_curve(os.path.join(dirs[1], "training.csv"),
-                         os.path.join(dirs[1], "loss_curve.png"))
+    csv_path = os.path.join(run.write_log_dir, "training.csv")
+    if run.chief and os.path.isfile(csv_path):
+        write_loss_curve(csv_path, os.path.join(run.write_log_dir, "loss_curve.png"))
     # A last collective keeps the workers together until the chief is done, so no worker
     # exits while another still expects its heartbeats.
     any_worker(strategy, False)
-    return dict(step=state.step, epoch=state.step // steps_per_epoch,
+    return dict(step=state.step, epoch=state.step // run.steps_per_epoch,
                 steps_this_run=state.step - start_step,
-                optimizer_iterations=int(trainer.optimizer.iterations.numpy()),
+                optimizer_iterations=int(run.trainer.optimizer.iterations.numpy()),
                 best_loss=state.best_loss, monitor=monitor,
                 stop_reason=state.stop_reason or "finished",
                 minutes=round((time.monotonic() - started) / 60.0, 3))
@@ -873,15 +939,22 @@ def main(cfg, dataset_fn=None):
 
 
 def parse_arguments(argv=None):
-    import argparse
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_module.add_config_arguments(parser)
     return config_module.config_from_args(parser.parse_args(argv))
 
 
+# Failures a user can cause and fix: one line on stderr, exit status 2, no traceback.
+EXPECTED_ERRORS = (TrainError, model_module.CheckpointError, OSError)
+
+
 if __name__ == "__main__":
-    summary = main(parse_arguments())
+    utils.configure_script_logging("train.py")
+    try:
+        summary = main(parse_arguments())
+    except EXPECTED_ERRORS as error:
+        print(f"train.py: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(json.dumps(summary))
     sys.exit(1 if summary["stop_reason"] == "nan" else 0)

@@ -4,16 +4,162 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
+import shutil
 import tempfile
+import threading
+import uuid
 
 import numpy as np
 
-from config import NUM_JOINTS
+
+# Image files the project reads, by extension (pre-process, demo and evaluate share this list).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# How each format's content begins; the truncation rule goes by content, not by name.
+IMAGE_SIGNATURES = (
+    ("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG\r\n\x1a\n"), ("BMP", b"BM"),
+    ("TIFF", b"II*\x00"), ("TIFF", b"MM\x00*"), ("WebP", b"RIFF"),
+)
+# Bytes read from each end of a file to identify it and check its end marker.
+PROBE_BYTES = 16
+# libjpeg's warnings about damaged data; OpenCV decodes such files without an error.
+JPEG_DAMAGE_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG", b"Bogus", b"Invalid JPEG")
+# File descriptor 2 is process-wide: one strict decode at a time may borrow it.
+_NATIVE_STDERR_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
-    """An image file that is missing, unreadable or truncated; the message names the file."""
+    """An image file that cannot be used; the message names the file and says what it is.
+
+    reason: "missing", "empty", "not_an_image", "truncated", "damaged" or "unreadable".
+    """
+
+    def __init__(self, message, reason="unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def image_format(head):
+    """The format ("JPEG", "PNG", ...) that a file's first bytes announce, or None."""
+    for name, signature in IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def describe_content(head):
+    """What a file that is not an image seems to be, from its first bytes (for messages)."""
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "JSON or other text"
+    if head.lstrip()[:1] == b"<":
+        return "HTML or XML text"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "binary data of an unknown kind"
+
+
+def check_image_ends(path, head, tail):
+    """Raise ImageError unless `head` starts like an image and `tail` ends as its format must.
+
+    head, tail: the file's first and last PROBE_BYTES bytes. JPEG data must end with the EOI
+    marker FF D9 and PNG data with the IEND chunk, whatever the file's name says; a file cut
+    short in a download misses them. Returns the format's name.
+    """
+    kind = image_format(head)
+    if kind is None:
+        raise ImageError(f"{path}: not an image: {describe_content(head)}", "not_an_image")
+    truncated = (kind == "JPEG" and tail[-2:] != b"\xff\xd9") or \
+        (kind == "PNG" and b"IEND" not in tail)
+    if truncated:
+        raise ImageError(f"{path}: {kind} data is truncated (no end marker)", "truncated")
+    return kind
+
+
+def read_file_ends(path):
+    """(size, first PROBE_BYTES, last PROBE_BYTES) of a file, without reading all of it."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(PROBE_BYTES)
+            handle.seek(max(0, size - PROBE_BYTES))
+            return size, head, handle.read()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found", "missing")
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read image file ({error.strerror})", "missing")
+
+
+@contextlib.contextmanager
+def _native_stderr_into(sink):
+    """Send what C libraries write to file descriptor 2 into the file `sink` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _decode_strict(data, flags, path):
+    """cv2.imdecode that also raises ImageError when libjpeg reports damaged data."""
+    import cv2
+
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        with _native_stderr_into(sink):
+            image = cv2.imdecode(data, flags)
+        sink.seek(0)
+        warnings = sink.read()
+    if any(marker in warnings for marker in JPEG_DAMAGE_WARNINGS):
+        first = warnings.decode("utf-8", "replace").strip().splitlines()[0]
+        raise ImageError(f"{path}: damaged JPEG data ({first})", "damaged")
+    return image
+
+
+def decode_image(path, reduce_factor=1, strict=False):
+    """Read an image file as uint8 BGR (H, W, 3), decoded at 1/reduce_factor size.
+
+    The one decoder of the project. reduce_factor 1, 2, 4 or 8 uses libjpeg's DCT scaling
+    (JPEG only; other formats decode at full size whatever the factor). Grey and 4-channel
+    files become 3-channel; 16-bit files are scaled to 8 bits; EXIF orientation is ignored so
+    that the pixels are the annotated ones. strict also catches JPEGs whose data is damaged
+    though their end marker is intact (slower: libjpeg's warnings are captured). Raises
+    ImageError naming the file and saying what is wrong (see ImageError.reason).
+    """
+    import cv2
+
+    size, head, tail = read_file_ends(path)
+    if size == 0:
+        raise ImageError(f"{path}: image file is empty", "empty")
+    kind = check_image_ends(path, head, tail)
+    flags = {1: cv2.IMREAD_UNCHANGED, 2: cv2.IMREAD_REDUCED_COLOR_2,
+             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduce_factor]
+    data = np.fromfile(path, dtype=np.uint8)
+    image = _decode_strict(data, flags, path) if strict and kind == "JPEG" else \
+        cv2.imdecode(data, flags | (cv2.IMREAD_IGNORE_ORIENTATION if reduce_factor > 1 else 0))
+    if image is None or image.size == 0:
+        raise ImageError(f"{path}: {kind} data that cannot be decoded", "unreadable")
+    if image.dtype != np.uint8:
+        image = (image / (np.iinfo(image.dtype).max / 255.0)).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) if image.shape[2] == 4 else image
+
+
+def read_image_rgb(path, strict=False):
+    """decode_image as uint8 RGB (H, W, 3); raises ImageError naming the file."""
+    import cv2
+
+    return cv2.cvtColor(decode_image(path, strict=strict), cv2.COLOR_BGR2RGB)
 
 
 @contextlib.contextmanager
@@ -56,63 +202,101 @@ def atomic_write_json(path, value, indent=None):
     atomic_write_text(path, json.dumps(value, indent=indent) + "\n")
 
 
-def read_image_rgb(path):
-    """Read an image file as uint8 RGB (H, W, 3); grey and 4-channel images are converted.
+def configure_script_logging(script):
+    """Send the messages of a script's run to the terminal as `script: message`: information
+    to stdout, warnings and errors to stderr. Library modules only log; scripts call this once
+    in their __main__ block."""
+    def handler(stream, keep):
+        made = logging.StreamHandler(stream)
+        made.setFormatter(logging.Formatter(f"{script}: %(message)s"))
+        made.addFilter(keep)
+        return made
 
-    Raises ImageError naming the file when it is missing, not an image, or truncated.
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler(sys.stdout, lambda record: record.levelno < logging.WARNING))
+    root.addHandler(handler(sys.stderr, lambda record: record.levelno >= logging.WARNING))
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups of files that change together (pre-process's records, rejects and summary of a split)
+# ---------------------------------------------------------------------------------------------
+def os_reason(error):
+    """The reason an OSError gives, in words."""
+    return error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+
+
+def write_lines(path, lines):
+    """Write text lines to a new file and flush them to the disk."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def new_hidden_folder(directory, group):
+    """A new hidden folder .tmp-{group}-<id> (os.mkdir, unlike mkdtemp, honours the umask)."""
+    folder = os.path.join(directory, f".tmp-{group}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(folder)
+    return folder
+
+
+def replace_with_link(path, target):
+    """Make `path` a symbolic link to `target` in one rename (readers never find it missing)."""
+    temporary = os.path.join(os.path.dirname(path), f".tmp-link-{uuid.uuid4().hex}")
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
+def switch_group_to(directory, group, folder, names):
+    """Rename the complete `folder` to .{group}.<id>, point the link .{group} at it, make the
+    names links through .{group} (where they are not yet) and delete the old version."""
+    pointer = os.path.join(directory, "." + group)
+    previous = os.readlink(pointer) if os.path.islink(pointer) else None
+    version = f".{group}.{os.path.basename(folder).rsplit('-', 1)[-1]}"
+    os.rename(folder, os.path.join(directory, version))
+    replace_with_link(pointer, version)
+    for name in names:
+        path, target = os.path.join(directory, name), os.path.join("." + group, name)
+        if not (os.path.islink(path) and os.readlink(path) == target):
+            replace_with_link(path, target)
+    if previous not in (None, version):
+        shutil.rmtree(os.path.join(directory, previous), ignore_errors=True)
+
+
+def publish_group(directory, group, folder, names):
+    """Make `folder` (complete, inside directory) the group's files `names` with one rename.
+
+    Each directory/<name> is a symbolic link to .{group}/<name>, and .{group} is a link to a
+    version folder, so replacing .{group} switches all of them at once. The plain files of the older layout are first hard-linked (or copied)
+    into a version of their own and turned into links, showing the same bytes throughout; so
+    are the files a run killed half-way through that left. A kill at any point leaves the old
+    files or the new ones, and at most unused folders.
     """
-    import cv2
-
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: image file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageError(f"{path}: image file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(f"{path}: not a readable image")
-    if looks_truncated(path, data[-16:].tobytes()):
-        raise ImageError(f"{path}: image file is truncated")
-    if image.dtype != np.uint8:
-        image = (image / (np.iinfo(image.dtype).max / 255.0)).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    links = [(os.path.join(directory, name), os.path.join("." + group, name))
+             for name in names]
+    if not (os.path.islink(os.path.join(directory, "." + group)) and all(
+            os.path.islink(path) and os.readlink(path) == target for path, target in links)):
+        current = new_hidden_folder(directory, group)
+        for name in names:
+            # realpath: Linux's link() would link a symbolic link itself, not its file.
+            visible = os.path.realpath(os.path.join(directory, name))
+            if os.path.isfile(visible):
+                try:
+                    os.link(visible, os.path.join(current, name))
+                except OSError:  # A file system without hard links.
+                    shutil.copyfile(visible, os.path.join(current, name))
+        switch_group_to(directory, group, current, names)
+    switch_group_to(directory, group, folder, names)
 
 
-def looks_truncated(path, tail):
-    """True when `tail`, the file's last 16 bytes, lacks the end its extension needs.
-
-    JPEG files must end with the EOI marker FF D9 and PNG files with the IEND chunk; a file cut
-    short in a download or copy misses them. Other formats are not checked.
-    """
-    lowered = path.lower()
-    if lowered.endswith((".jpg", ".jpeg")):
-        return tail[-2:] != b"\xff\xd9"
-    if lowered.endswith(".png"):
-        return b"IEND" not in tail[-16:]
-    return False
-
-
-def keypoints_from_aic(values):
-    """AIC's flat list of 42 numbers [x, y, v] * 14 -> float array (14, 3)."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.shape != (NUM_JOINTS * 3,):
-        raise ValueError(f"expected {NUM_JOINTS * 3} numbers, got shape {array.shape}")
-    return array.reshape(NUM_JOINTS, 3)
-
-
-def keypoints_to_aic(keypoints):
-    """(14, 3) array -> AIC's flat list of 42 ints (x, y rounded; v as given)."""
-    array = np.asarray(keypoints, dtype=np.float64).reshape(NUM_JOINTS, 3)
-    return [int(round(value)) for value in array.reshape(-1)]
-
-
-def read_jsonl(path):
-    """Yield the JSON objects of a JSON-lines file, one per non-empty line."""
-    with open(path, "r", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+def remove_leftovers(folder):
+    """Delete the hidden .tmp-* files and folders that a killed run left in `folder`."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(".tmp-"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)

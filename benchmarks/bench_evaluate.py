@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import evaluate  # noqa: E402
+import aic_metric  # noqa: E402
 import utils  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -69,10 +69,10 @@ def time_files(prediction_path, reference_path, repeats):
     best_load, best_score, result = float("inf"), float("inf"), None
     for _ in range(repeats):
         started = time.perf_counter()
-        predictions = evaluate.load_json_list(prediction_path, "predictions")
-        references = evaluate.load_json_list(reference_path, "reference")
+        predictions = aic_metric.load_json_list(prediction_path, "predictions")
+        references = aic_metric.load_json_list(reference_path, "reference")
         loaded = time.perf_counter()
-        result = evaluate.aic_map(predictions, references)
+        result = aic_metric.aic_map(predictions, references)
         scored = time.perf_counter()
         best_load = min(best_load, loaded - started)
         best_score = min(best_score, scored - loaded)
@@ -85,12 +85,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (best is kept)")
     args = parser.parse_args(argv)
 
-    sample = evaluate.aic_map(evaluate.load_json_list(SAMPLE_PREDICTIONS, "predictions"),
-                              evaluate.load_json_list(SAMPLE_REFERENCE, "reference"))
+    sample = aic_metric.aic_map(aic_metric.load_json_list(SAMPLE_PREDICTIONS, "predictions"),
+                              aic_metric.load_json_list(SAMPLE_REFERENCE, "reference"))
     score_text = "%.8f" % sample["score"]
     print(f"sample: Score: {score_text} (official evaluator: {EXPECTED})")
 
-    references = evaluate.load_json_list(SAMPLE_REFERENCE, "reference")
+    references = aic_metric.load_json_list(SAMPLE_REFERENCE, "reference")
     predictions, synthetic_references = synthetic_set(references, args.images)
     with tempfile.TemporaryDirectory() as folder:
         prediction_path = os.path.join(folder, "predictions.json")

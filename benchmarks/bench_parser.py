@@ -18,7 +18,10 @@ parse_poses call and for its parts: peaks (find_peaks), scoring (score_limbs), m
 
 Defaults are the paper preset's (stride 8, sigma 7 px, PAF half-width 1 cell); any Config field
 can be overridden (e.g. --peak_smoothing 0.5). Unless --no-ablations, a few variants of the
-parser settings are scored too. The "limb-graph ceiling" row is what a perfect assembly along
+parser settings are scored too, among them both limb-acceptance rules (more than, or at least,
+paf_min_fraction of the samples) and both output formats (sub-pixel floats, or whole pixels,
+which the official evaluator floor-divides); a variant equal to the configuration scores the
+same as it. The "limb-graph ceiling" row is what a perfect assembly along
 config.LIMBS alone could score: a person whose connecting joint is unlabelled (a neck cut off
 by the image border) falls apart into fragments that no PAF joins, which is why the parser
 joins fragments across missing joints. The last line is JSON.
@@ -57,6 +60,10 @@ ABLATIONS = (
     ("no fragment joining", {"fragment_join_ratio": 0.0}),
     ("peak_smoothing 0", {"peak_smoothing": 0.0}),
     ("peak_smoothing 1", {"peak_smoothing": 1.0}),
+    ("limbs: >= 8 of 10", {"limb_acceptance": "at_least"}),
+    ("limbs: > 8 of 10", {"limb_acceptance": "more_than"}),
+    ("integer output", {"integer_output": True}),
+    ("sub-pixel output", {"integer_output": False}),
 )
 
 
@@ -120,8 +127,8 @@ def oracle_score(rendered, references, cfg):
     for (heatmaps, pafs, factor), record in zip(rendered, references):
         people, _ = inference.parse_poses(heatmaps, pafs, cfg, stride=cfg.stride,
                                           scale=(factor, factor))
-        predictions.append({"image_id": record["image_id"],
-                            "keypoint_annotations": inference.people_to_aic(people)})
+        predictions.append({"image_id": record["image_id"], "keypoint_annotations":
+                            inference.people_to_aic(people, cfg.integer_output)})
     return evaluate.aic_map(predictions, references)
 
 
@@ -213,7 +220,7 @@ def main(argv=None):
     parser_settings = {name: getattr(cfg, name) for name in (
         "peak_threshold", "peak_smoothing", "paf_threshold", "paf_samples", "paf_min_fraction",
         "min_parts", "min_person_score", "limb_matching", "fragment_join_ratio",
-        "max_peaks_per_joint")}
+        "max_peaks_per_joint", "limb_acceptance", "integer_output")}
     print(json.dumps({
         "oracle_map": round(result["score"], 6), "goal_map": 0.98,
         "parse_ms_median": round(timing["total"]["median_ms"], 4), "goal_ms": 5.0,

@@ -32,9 +32,7 @@ def cell_pixel(row, col, stride):
 
 
 def tiny_cfg(**overrides):
-    values = dict(input_size=32, stride=4, batch_size=2, heatmap_sigma=2.0, paf_width=1.0)
-    values.update(overrides)
-    return config.make_config("cpu", **values)
+    return config.make_config("tiny", **overrides)
 
 
 # ------------------------------------------------------------------------------ heatmaps

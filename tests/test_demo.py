@@ -139,9 +139,11 @@ def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkey
     entries = json.loads(out.read_text())
     assert [entry["image_id"] for entry in entries] == ["good"]
     values = entries[0]["keypoint_annotations"]["human1"]
-    assert len(values) == 42 and all(type(v) is int for v in values)
-    assert values[24:27] == [0, 0, 0]  # the missing right ankle
+    assert len(values) == 42 and all(type(v) is float for v in values[0::3] + values[1::3])
+    assert values[24:27] == [0.0, 0.0, 0]  # the missing right ankle
     assert values[2::3] == [0 if joint == 8 else 1 for joint in range(NUM_JOINTS)]
+    # Sub-pixel coordinates, as parsed (one_person(40): x of joint 0 = 0.1 * 40).
+    assert values[0:2] == [round(float(person[0, 0, 0]), 2), round(float(person[0, 0, 1]), 2)]
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
 
 

@@ -6,6 +6,7 @@ in the same coordinates as the skeletons placed on the grid.
 
 import copy
 
+import cv2
 import numpy as np
 import pytest
 
@@ -239,11 +240,48 @@ def test_people_to_aic_format():
     people[1, 13] = (5.2, 6.7, 0.5)
     result = inference.people_to_aic(people)
     assert list(result) == ["human1", "human2"]
-    assert all(len(values) == 42 and all(type(v) is int for v in values)
-               for values in result.values())
-    assert result["human1"][:3] == [11, 20, 1]
-    assert result["human2"][:39] == [0] * 39 and result["human2"][39:] == [5, 7, 1]
+    assert all(len(values) == 42 for values in result.values())
+    # Sub-pixel floats by default (float32 10.6 rounded to 2 decimals), v an int.
+    assert result["human1"][:3] == [10.6, 20.4, 1]
+    assert [type(v) for v in result["human1"][:3]] == [float, float, int]
+    assert result["human2"][:39] == [0.0, 0.0, 0] * 13 and result["human2"][39:] == [5.2, 6.7, 1]
+    assert all(type(v) is float for v in result["human2"][0:39:3])  # missing joints too
+    integer = inference.people_to_aic(people, integer=True)
+    assert all(type(v) is int for values in integer.values() for v in values)
+    assert integer["human1"][:3] == [11, 20, 1]
+    assert integer["human2"][:39] == [0] * 39 and integer["human2"][39:] == [5, 7, 1]
     assert inference.people_to_aic(np.zeros((0, NUM_JOINTS, 3))) == {}
+
+
+def limb_candidate(passing_samples):
+    """Peaks of the neck at (2, 5) and the head top at (11, 5), and PAFs of limb 0 (neck ->
+    head top) that point along it on the first `passing_samples` of its 10 sample points
+    (x = 2, 3, ..., 11, exactly on cells, so bilinear sampling reads the cells)."""
+    peaks = inference.Peaks(joint=np.array([12, 13]), xy=np.array([[11.0, 5.0], [2.0, 5.0]]),
+                            score=np.ones(2, np.float32),
+                            start=np.searchsorted([12, 13], np.arange(NUM_JOINTS + 1)))
+    pafs = np.zeros((20, 14, NUM_PAFS), dtype=np.float32)  # 20 rows: no length penalty
+    pafs[:, 2:2 + passing_samples, 0] = 1.0  # x component of limb 0
+    return peaks, pafs
+
+
+@pytest.mark.parametrize("passing, rule, accepted", [
+    (8, "more_than", False), (9, "more_than", True), (8, "at_least", True), (7, "at_least", False),
+])
+def test_limb_acceptance_rules_count_samples_like_the_original(cfg, passing, rule, accepted):
+    # 10 samples, paf_min_fraction 0.8: the original needs more than 8 (9 of 10).
+    cfg.limb_acceptance = rule
+    peaks, pafs = limb_candidate(passing)
+    connections = inference.score_limbs(peaks, pafs, cfg)
+    assert (len(connections.limb) == 1) == accepted
+    if accepted:  # the mean alignment: `passing` ones out of 10 samples, no length penalty
+        assert connections.score[0] == pytest.approx(passing / 10)
+
+
+def test_an_unknown_limb_acceptance_rule_is_an_error(cfg):
+    cfg.limb_acceptance = "most"
+    with pytest.raises(ValueError, match="limb_acceptance"):
+        inference.score_limbs(*limb_candidate(9), cfg)
 
 
 def test_grid_to_pixels_follows_the_grid_convention():
@@ -277,19 +315,73 @@ def dot_image(x, y, height=48, width=72, sigma=4.0):
     return np.repeat((dot * 255)[..., None], 3, axis=2).astype(np.uint8)
 
 
-@pytest.mark.parametrize("scales, flip", [((1.0,), False), ((1.0,), True), ((0.5, 1.0), True)])
-def test_predict_maps_maps_peaks_back_to_original_pixels(cfg, scales, flip):
+def strongest_peak_in_pixels(heatmaps, mapping, cfg, joint=0):
+    """The strongest peak of `joint` in original pixels, and the number of its peaks."""
+    peaks = inference.find_peaks(heatmaps, cfg, mapping["smoothing"])
+    first, last = peaks.start[joint], peaks.start[joint + 1]
+    best = first + int(np.argmax(peaks.score[first:last]))
+    return inference.grid_to_pixels(peaks.xy[best], mapping["stride"], mapping["scale"],
+                                    mapping["offset"]), last - first
+
+
+@pytest.mark.parametrize("scales, flip, upsample, grid", [
+    ((1.0,), False, 1, (16, 24)),  # the network's own grid: 64 x 96 input pixels, stride 4
+    ((1.0,), True, 2, (32, 48)),  # twice finer
+    ((0.5, 1.0), True, 2, (32, 48)),  # the largest scale sets the grid
+    ((1.0, 2.0), True, 2, (64, 96)),
+    ((0.5, 1.0), True, 0, (48, 72)),  # the image's own pixels, as the original
+])
+def test_predict_maps_maps_peaks_back_to_original_pixels(cfg, scales, flip, upsample, grid):
     cfg.inference_height, cfg.scales, cfg.flip_test = 64, scales, flip
-    cfg.peak_smoothing = 0.0
+    cfg.peak_smoothing, cfg.fusion_upsample = 0.0, upsample
     model = BlockMeanModel(cfg.stride)
     heatmaps, pafs, mapping = inference.predict_maps(model, dot_image(37.3, 21.8), cfg)
-    assert heatmaps.shape == (16, 24, NUM_HEATMAPS) and pafs.shape == (16, 24, NUM_PAFS)
+    assert heatmaps.shape == grid + (NUM_HEATMAPS,) and pafs.shape == grid + (NUM_PAFS,)
     assert len(model.calls) == len(scales) and all(shape[0] == 1 + flip for shape in model.calls)
-    peaks = inference.find_peaks(heatmaps, cfg)
-    at_joint = peaks.start[0], peaks.start[1]
-    assert at_joint[1] - at_joint[0] == 1
-    found = inference.grid_to_pixels(peaks.xy[at_joint[0]], **mapping)
-    np.testing.assert_allclose(found, (37.3, 21.8), atol=1.0)
+    found, count = strongest_peak_in_pixels(heatmaps, mapping, cfg)
+    assert count == 1
+    # The block means blur the dot a little differently at each scale; 0.4 px covers that.
+    np.testing.assert_allclose(found, (37.3, 21.8), atol=0.4)
+
+
+def test_resample_spreads_an_impulse_with_opencvs_cubic_kernel():
+    # One scale's grid of 8 x 8 cells (stride 4, input = original) onto a fusion grid twice
+    # finer (stride 2): fusion cell j is at pixel 2j + 0.5, i.e. network cell
+    # (2j + 0.5 - 1.5) / 4 = (2j - 1) / 4. An impulse at cell 3 comes out as Keys' cubic kernel
+    # with a = -0.75 at the distances 0.25 (j = 6, 7), 0.75 (j = 5, 8), 1.25 (j = 4, 9):
+    # 1 - 1.9375 / 16 = 0.87890625, 1 - 1.3125 * 0.5625 = 0.26171875 and -0.10546875.
+    grid = inference.FusionGrid((16, 16), 2.0, (1.0, 1.0))
+    impulse = np.zeros((8, 8, 2), dtype=np.float32)
+    impulse[3, 3] = (1.0, 2.0)
+    out = inference.resample(impulse, grid, (1.0, 1.0), 4)
+    assert out.shape == (16, 16, 2)
+    kernel = [-0.10546875, 0.26171875, 0.87890625, 0.87890625, 0.26171875, -0.10546875]
+    np.testing.assert_allclose(out[4:10, 7, 0], np.array(kernel) * 0.87890625, atol=1e-6)
+    np.testing.assert_allclose(out[6, 4:10, 1], np.array(kernel) * 2 * 0.87890625, atol=1e-6)
+    assert np.abs(out[:2]).max() == 0 and np.abs(out[12:]).max() == 0  # beyond the kernel
+    # Past the last cell the border repeats: a constant map stays constant to the grid's end.
+    np.testing.assert_allclose(inference.resample(np.ones((8, 8, 2), np.float32), grid,
+                                                  (1.0, 1.0), 4), 1.0, atol=1e-6)
+    # The same grid as the network's: the maps come back unchanged.
+    same = inference.FusionGrid((8, 8), 4.0, (1.0, 1.0))
+    np.testing.assert_allclose(inference.resample(impulse, same, (1.0, 1.0), 4), impulse,
+                               atol=1e-6)
+
+
+def test_fusion_grid_and_mapping_by_hand(cfg):
+    cfg.inference_height, cfg.scales, cfg.peak_smoothing = 160, (1.0, 1.5, 2.0), 0.5
+    grid = inference.fusion_grid(400, 300, cfg)  # 2x: 320 x 240 input pixels, stride 4 / 2
+    assert grid.shape == (160, 120) and grid.stride == 2.0 and grid.factors == (0.8, 0.8)
+    mapping = inference.grid_mapping(grid, 400, cfg)
+    # A 1x cell is 4 * 400 / 160 = 10 image pixels, a fused cell 2 / 0.8 = 2.5: 0.5 1x cells
+    # of smoothing are 2 fused cells. Fused cell 0 is at input pixel 0.5, image pixel 0.75.
+    assert mapping["smoothing"] == pytest.approx(2.0)
+    np.testing.assert_allclose(inference.grid_to_pixels(
+        (0, 0), mapping["stride"], mapping["scale"], mapping["offset"]), (0.75, 0.75))
+    cfg.fusion_upsample = 0
+    image_grid = inference.fusion_grid(400, 300, cfg)
+    assert image_grid == inference.FusionGrid((400, 300), 1.0, (1.0, 1.0))
+    assert inference.grid_mapping(image_grid, 400, cfg)["smoothing"] == pytest.approx(5.0)
 
 
 def test_flip_test_with_a_mirror_symmetric_model_changes_nothing(cfg):
@@ -301,14 +393,64 @@ def test_flip_test_with_a_mirror_symmetric_model_changes_nothing(cfg):
     np.testing.assert_allclose(flipped[0], plain[0], atol=1e-6)
 
 
-def test_batches_of_frames_share_model_calls_and_estimate_poses_runs(cfg):
-    cfg.inference_height, cfg.scales = 64, (1.0,)
-    model = BlockMeanModel(cfg.stride)
+def test_frames_of_one_width_bucket_share_model_calls(cfg):
+    # 48 high frames, 72 and 60 wide: 96 and 80 input columns at 64 rows; both pad to 96 with
+    # 32-pixel buckets (one call of 3 inputs), not with the stride's 4 (two calls).
+    cfg.inference_height, cfg.scales, cfg.flip_test = 64, (1.0,), False
     frames = [dot_image(20, 20), dot_image(40, 30), dot_image(20, 20, width=60)]
+    model = BlockMeanModel(cfg.stride)
     results = inference.estimate_poses_batch(model, frames, cfg)
-    assert len(results) == 3 and len(model.calls) == 2  # one call per distinct frame size
+    assert len(results) == 3 and model.calls == [(3, 64, 96, 3)]
     people, scores = results[0]
     assert people.shape == (0, NUM_JOINTS, 3) and scores.shape == (0,)  # no PAFs, no limbs
+    cfg.input_bucket = cfg.stride
+    model = BlockMeanModel(cfg.stride)
+    inference.estimate_poses_batch(model, frames, cfg)
+    assert sorted(model.calls) == [(1, 64, 80, 3), (2, 64, 96, 3)]
+
+
+class PatternModel:
+    """A deterministic stand-in whose maps have many peaks and limbs: every output channel is
+    a fixed mix of the stride x stride block means of the input's three colours."""
+
+    def __init__(self, stride, seed=0):
+        rng = np.random.default_rng(seed)
+        self.stride = stride
+        self.mix = rng.standard_normal((3, NUM_HEATMAPS + NUM_PAFS)).astype(np.float32)
+
+    def __call__(self, batch, training=False):
+        count, height, width, _ = batch.shape
+        s = self.stride
+        blocks = (batch / 255.0).reshape(count, height // s, s, width // s, s, 3)
+        mixed = blocks.mean(axis=(2, 4)) @ self.mix
+        return [mixed[..., NUM_HEATMAPS:], np.abs(mixed[..., :NUM_HEATMAPS])]
+
+
+def random_images(count, seed=0):
+    """Smooth random RGB images of assorted sizes."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        height, width = rng.integers(30, 90, size=2)
+        small = rng.integers(0, 255, (height // 6 + 1, width // 6 + 1, 3)).astype(np.uint8)
+        images.append(cv2.resize(small, (int(width), int(height)),
+                                 interpolation=cv2.INTER_CUBIC))
+    return images
+
+
+def test_the_batched_stream_equals_the_one_at_a_time_path(cfg):
+    cfg.inference_height, cfg.scales, cfg.flip_test = 48, (1.0, 1.5), True
+    cfg.inference_batch, cfg.peak_threshold, cfg.paf_threshold = 4, 0.3, -1.0
+    cfg.min_parts, cfg.min_person_score = 3, -10.0
+    model, images = PatternModel(cfg.stride), random_images(7)
+    one_at_a_time = [inference.estimate_poses(model, image, cfg) for image in images]
+    stream = list(inference.estimate_poses_stream(model, enumerate(images), cfg, chunk_size=3,
+                                                  workers=2))
+    assert [key for key, _ in stream] == list(range(7))
+    assert sum(len(people) for people, _ in one_at_a_time) >= 7  # people to compare
+    for (people, scores), (_, estimate) in zip(one_at_a_time, stream):
+        np.testing.assert_array_equal(estimate.people, people)
+        np.testing.assert_array_equal(estimate.scores, scores)
 
 
 def test_a_model_with_other_channel_counts_is_reported(cfg):

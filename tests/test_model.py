@@ -1,5 +1,7 @@
 """Tests of model.py: architecture, parameter count, normalisation, backbone weights, loading."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -14,11 +16,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def tiny_config(**overrides):
-    values = dict(input_size=32, stride=4, stages=2, backbone_channels=(8, 8, 8),
-                  cpm_channels=(8, 8), stage_channels=8, stage1_hidden=8, stage_kernel=3,
-                  stage_convs=1, batch_size=2)
-    values.update(overrides)
-    return config.make_config("cpu", **values)
+    return config.make_config("tiny", **overrides)
 
 
 def conv_parameters(kernel, inputs, outputs):
@@ -263,5 +261,46 @@ def test_load_checkpoint_rebuilds_from_config_json(tmp_path):
         for mine, theirs in zip(network.get_weights(), loaded.get_weights()):
             np.testing.assert_array_equal(mine, theirs)
     (run_dir / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(model.CheckpointError, match="config.json"):
         model.load_checkpoint(str(run_dir / "last.keras"))
+
+
+def saved_run(directory, cfg):
+    """A run directory with last.keras (its config embedded, as train.py saves) and config.json."""
+    directory.mkdir()
+    network = model.build_model(cfg)
+    network.save(str(directory / "last.keras"))
+    model.embed_config(str(directory / "last.keras"), cfg)
+    config.save_config(cfg, str(directory / "config.json"))
+    return network
+
+
+def test_load_checkpoint_refuses_a_config_json_edited_to_another_architecture(tmp_path):
+    cfg = tiny_config(batch_norm=True)
+    saved_run(tmp_path / "run", cfg)
+    assert model.embedded_config(str(tmp_path / "run" / "last.keras")) == cfg
+    config.save_config(dataclasses.replace(cfg, batch_norm=False),
+                       str(tmp_path / "run" / "config.json"))
+    with pytest.raises(model.CheckpointError, match="batch_norm True -> False"):
+        model.load_checkpoint(str(tmp_path / "run"))
+
+
+def test_load_checkpoint_refuses_weights_that_keras_skipped(tmp_path):
+    # Without the embedded config (a checkpoint of an older version) Keras itself loads a
+    # batch-norm network's file into a network without batch norm and says nothing; the check
+    # that every variable came from the file catches it.
+    cfg = tiny_config(batch_norm=True)
+    (tmp_path / "run").mkdir()
+    model.build_model(cfg).save(str(tmp_path / "run" / "last.keras"))
+    config.save_config(dataclasses.replace(cfg, batch_norm=False),
+                       str(tmp_path / "run" / "config.json"))
+    with pytest.raises(model.CheckpointError, match="were not loaded"):
+        model.load_checkpoint(str(tmp_path / "run"))
+
+
+def test_load_checkpoint_names_a_file_that_is_not_a_keras_archive(tmp_path):
+    cfg = tiny_config()
+    saved_run(tmp_path / "run", cfg)
+    (tmp_path / "run" / "last.keras").write_text("not a model")
+    with pytest.raises(model.CheckpointError, match="not a Keras .keras archive"):
+        model.load_checkpoint(str(tmp_path / "run" / "last.keras"))

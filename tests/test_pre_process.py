@@ -1,13 +1,16 @@
-"""Tests of pre-process.py: the record validator, the malformed-annotation file end to end, zip
-reading, atomic outputs, and the synthetic data set (format and determinism).
+"""Tests of pre-process.py: the record validator, the image checks, the malformed-annotation file
+end to end, zip reading, a split's outputs changed together, and one-line errors with exit status.
+The synthetic set's tests are in test_synthetic.py.
 
 pre-process.py has a hyphen in its name, so it is imported from its path with importlib.
 """
 
-import importlib.util
+import errno
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import zipfile
 
@@ -15,22 +18,14 @@ import cv2
 import numpy as np
 import pytest
 
+from config import AIC_RELEASES
+from tests.conftest import SimulatedKill, kill_after_renames, load_pre_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MALFORMED = os.path.join(ROOT, "tests", "data", "malformed_annotations.json")
 
 
-def _load_pre_process():
-    if "pre_process" in sys.modules:
-        return sys.modules["pre_process"]
-    spec = importlib.util.spec_from_file_location("pre_process",
-                                                  os.path.join(ROOT, "pre-process.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pre_process"] = module  # dataclasses look their module up here.
-    spec.loader.exec_module(module)
-    return module
-
-
-pre_process = _load_pre_process()
+pre_process = load_pre_process()
 
 # A valid person in a 64 x 48 image: (x, y, v) for the 14 joints, left elbow occluded (v = 2)
 # and left ankle unlabelled (v = 3).
@@ -63,7 +58,8 @@ def write_jpeg(path, width=WIDTH, height=HEIGHT):
 
 
 def run_main(*argv):
-    return pre_process.main([str(arg) for arg in argv])
+    """The script's exit status for this command line (expected errors become status 2)."""
+    return pre_process.command_line([str(arg) for arg in argv])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,21 +153,66 @@ def test_duplicates_identical_keep_first_conflicting_drop_all():
         [], ["duplicate_image_id"], ["duplicate_image_id"], ["duplicate_image_id"]]
 
 
-def test_inspect_image_reads_size_and_catches_bad_files(tmp_path):
+def test_inspect_image_reads_size_and_says_what_a_bad_file_is(tmp_path):
     good, png = tmp_path / "good.jpg", tmp_path / "good.png"
     write_jpeg(good, 40, 30)
     cv2.imwrite(str(png), np.zeros((12, 21, 3), np.uint8))
-    truncated, garbage, empty = tmp_path / "cut.jpg", tmp_path / "junk.jpg", tmp_path / "empty.jpg"
-    truncated.write_bytes(good.read_bytes()[:-20])
-    garbage.write_bytes(b"this is not an image" + b"\xff\xd9")
-    empty.write_bytes(b"")
+    png_named_jpg = tmp_path / "png.jpg"
+    png_named_jpg.write_bytes(png.read_bytes())
     assert pre_process.inspect_image(str(good)) == (40, 30, None)
     assert pre_process.inspect_image(str(good), full_decode=True) == (40, 30, None)
     assert pre_process.inspect_image(str(png)) == (21, 12, None)
-    for path, reason in ((truncated, "truncated_image"), (garbage, "unreadable_image"),
-                         (empty, "unreadable_image"), (tmp_path / "none.jpg", "missing_image")):
-        width, height, problem = pre_process.inspect_image(str(path))
-        assert problem[0] == reason and str(path) in problem[1]
+    assert pre_process.inspect_image(str(png_named_jpg)) == (21, 12, None)  # a good PNG
+    truncated, notes, empty = tmp_path / "cut.jpg", tmp_path / "notes.jpg", tmp_path / "empty.jpg"
+    truncated.write_bytes(good.read_bytes()[:-20])
+    notes.write_text("these are my notes, not an image")
+    empty.write_bytes(b"")
+    bad_header = tmp_path / "header.jpg"
+    bad_header.write_bytes(b"\xff\xd8\xff" + b"garbage" * 10 + b"\xff\xd9")
+    for path, reason, words in (
+            (truncated, "truncated_image", "JPEG data is truncated"),
+            (notes, "not_an_image", "not an image: a text file"),
+            (empty, "unreadable_image", "empty"),
+            (bad_header, "unreadable_image", "JPEG header cannot be read"),
+            (tmp_path / "none.jpg", "missing_image", "not found")):
+        for full_decode in (False, True):
+            width, height, problem = pre_process.inspect_image(str(path), full_decode)
+            assert (width, height, problem[0]) == (0, 0, reason) and str(path) in problem[1]
+            assert full_decode or words in problem[1]
+
+
+def damaged_jpeg(path):
+    """A JPEG whose middle 400 bytes are zeroed: its end marker is intact."""
+    rng = np.random.default_rng(0)
+    picture = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160, 3)).astype(np.uint8), (0, 0), 3)
+    data = bytearray(cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    middle = len(data) // 2
+    data[middle:middle + 400] = bytes(400)
+    path.write_bytes(bytes(data))
+
+
+def test_full_decode_rejects_a_damaged_jpeg_that_the_header_check_passes(tmp_path):
+    damaged_jpeg(tmp_path / "damaged.jpg")
+    assert pre_process.inspect_image(str(tmp_path / "damaged.jpg")) == (160, 120, None)
+    width, height, (reason, detail) = pre_process.inspect_image(str(tmp_path / "damaged.jpg"),
+                                                                full_decode=True)
+    assert reason == "damaged_image" and "damaged JPEG data" in detail
+
+
+def test_full_decode_run_rejects_the_damaged_image_and_keeps_a_png_named_jpg(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    damaged_jpeg(images / "damaged.jpg")
+    cv2.imwrite(str(images / "png.png"), np.full((HEIGHT, WIDTH, 3), 90, np.uint8))
+    os.rename(images / "png.png", images / "png.jpg")
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps([record("damaged"), record("png")]))
+    records_dir = tmp_path / "records"
+    assert run_main("--annotations", annotations, "--images", images, "--split", "val",
+                    "--full-decode", "--data_dir", tmp_path, "--records_dir", records_dir) == 0
+    assert [item["image_id"] for item in read_lines(records_dir / "val.jsonl")] == ["png"]
+    assert [item["reason"] for item in read_lines(records_dir / "val_rejects.jsonl")] == [
+        "damaged_image"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,17 +253,19 @@ def malformed_images(tmp_path):
                if isinstance(item, dict) and isinstance(item.get("image_id"), str)}
     for image_id in ids - {"missing_image", "../escape"}:
         write_jpeg(images / f"{image_id}.jpg")
-    (images / "unreadable_image.jpg").write_bytes(b"GIF89a garbage" + b"\xff\xd9")
+    # A JPEG signature, then bytes that are no JPEG header: Pillow cannot read it.
+    (images / "unreadable_image.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10 + b"\xff\xd9")
     good = (images / "good_two_people.jpg").read_bytes()
     (images / "truncated_image.jpg").write_bytes(good[:200])
     (images / "empty_image.jpg").write_bytes(b"")
     return images
 
 
-def malformed_run(tmp_path, images):
-    records_dir = tmp_path / "records"
+def malformed_run(tmp_path, images, records_dir=None, *options):
+    records_dir = records_dir or tmp_path / "records"
     code = run_main("--annotations", MALFORMED, "--images", images, "--split", "val",
-                    "--data_dir", tmp_path / "data", "--records_dir", records_dir, "--jobs", 2)
+                    "--data_dir", tmp_path / "data", "--records_dir", records_dir, "--jobs", 2,
+                    *options)
     return code, records_dir
 
 
@@ -298,6 +341,173 @@ def test_existing_outputs_survive_a_failure_mid_write(tmp_path, malformed_images
     assert sorted(os.listdir(records_dir)) == ["val.jsonl"]  # no temporary file left behind
 
 
+OUTPUT_NAMES = ["val.jsonl", "val_rejects.jsonl", "val_summary.json"]
+
+
+
+
+@pytest.fixture
+def two_inputs(tmp_path):
+    """Images and two annotation files: "old" (one good record) and "new" (two good records and
+    one whose image is missing), so that the visible files tell which run wrote them."""
+    images = tmp_path / "small_images"
+    images.mkdir()
+    for image_id in ("a", "b"):
+        write_jpeg(images / f"{image_id}.jpg")
+    inputs = {"images": images}
+    versions = {"old": [record("a")], "new": [record("a"), record("b"), record("c")]}
+    for name, records in versions.items():
+        inputs[name] = tmp_path / f"{name}.json"
+        inputs[name].write_text(json.dumps(records))
+    return inputs
+
+
+def small_run(inputs, which, records_dir):
+    return run_main("--annotations", inputs[which], "--images", inputs["images"], "--split",
+                    "val", "--data_dir", inputs["images"].parent, "--records_dir", records_dir)
+
+
+def visible_run(records_dir):
+    """"old" or "new": the run whose three files are visible; fails if they are of two runs."""
+    with open(records_dir / "val_summary.json", encoding="utf-8") as handle:
+        summary = json.load(handle)
+    assert summary["kept"]["images"] == len(read_lines(records_dir / "val.jsonl"))
+    assert sum(summary["rejected"]["by_reason"].values()) == len(
+        read_lines(records_dir / "val_rejects.jsonl"))
+    return {1: "old", 3: "new"}[summary["checked"]["images"]]
+
+
+def killed_run(inputs, records_dir, monkeypatch, kill_point):
+    """Run on the "new" input, killed after its `kill_point`-th rename; True if it finished."""
+    with monkeypatch.context() as patch:
+        kill_after_renames(patch, kill_point)
+        try:
+            small_run(inputs, "new", records_dir)
+            return True
+        except SimulatedKill:
+            return False
+
+
+@pytest.mark.parametrize("layout", ["links", "plain files"])
+def test_killed_runs_leave_the_old_or_the_new_outputs_and_a_rerun_recovers(
+        tmp_path, two_inputs, monkeypatch, layout):
+    """Kill a run after each of its renames in turn, then its rerun after each of its renames in
+    turn: the visible three files are always of one run, and a finished rerun leaves no trace."""
+    small_run(two_inputs, "old", tmp_path / "old")
+    start = tmp_path / "start"
+    if layout == "links":
+        shutil.copytree(tmp_path / "old", start, symlinks=True)
+    else:  # The plain files that earlier versions wrote.
+        start.mkdir()
+        for name in OUTPUT_NAMES:
+            (start / name).write_bytes((tmp_path / "old" / name).read_bytes())
+    first_kills = 0
+    while True:
+        first_kills += 1
+        killed = tmp_path / f"killed{first_kills}"
+        shutil.copytree(start, killed, symlinks=True)
+        finished = killed_run(two_inputs, killed, monkeypatch, first_kills)
+        assert visible_run(killed) in ("old", "new")
+        if finished:
+            break
+        second_kills = 0
+        while True:
+            second_kills += 1
+            rerun = tmp_path / f"rerun{first_kills}_{second_kills}"
+            shutil.copytree(killed, rerun, symlinks=True)
+            finished = killed_run(two_inputs, rerun, monkeypatch, second_kills)
+            assert visible_run(rerun) in ("old", "new")
+            if finished:
+                break
+        assert visible_run(rerun) == "new"
+        names = sorted(os.listdir(rerun))  # no leftover of the killed runs
+        assert names[:1] == [".val"] and re.fullmatch(r"\.val\.\w+", names[1])
+        assert names[2:] == OUTPUT_NAMES
+    # Two renames switch a version in; the files of the older layout take another five.
+    assert first_kills == {"links": 3, "plain files": 8}[layout]
+    assert oct(os.stat(killed / "val.jsonl").st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_leftovers_of_killed_runs_are_deleted_at_start(tmp_path, malformed_images):
+    records_dir = tmp_path / "records"
+    malformed_run(tmp_path, malformed_images)
+    (records_dir / ".tmp-val-abc").mkdir()
+    (records_dir / ".tmp-val-abc" / "val.jsonl").write_text("half")
+    (records_dir / ".tmp-x.json").write_text("half")
+    (records_dir / ".val.unused1").mkdir()  # a version no link points to
+    (records_dir / "notes.txt").write_text("the user's own file")
+    malformed_run(tmp_path, malformed_images)
+    names = sorted(os.listdir(records_dir))
+    assert names[0] == ".val" and len(names) == 6 and ".val.unused1" not in names
+    assert names[2:] == ["notes.txt"] + OUTPUT_NAMES
+
+
+@pytest.mark.parametrize("failure", ["read-only", "full", "not a folder"])
+def test_an_unwritable_records_dir_is_one_line_and_status_2(
+        tmp_path, two_inputs, monkeypatch, capsys, failure):
+    records_dir = tmp_path / "records"
+    small_run(two_inputs, "old", records_dir)
+    before = {name: (records_dir / name).read_bytes() for name in OUTPUT_NAMES}
+    listing = sorted(os.listdir(records_dir))
+    capsys.readouterr()
+    if failure == "read-only":  # Root may write to a read-only mode, so the file system says no.
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        monkeypatch.setattr(os, "mkdir", refuse)
+        reason = "Read-only file system"
+    elif failure == "full":  # A full disk shows when the data is flushed.
+        def refuse(descriptor):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", refuse)
+        reason = "No space left on device"
+    else:
+        (tmp_path / "a_file").write_text("not a folder")
+        records_dir = tmp_path / "a_file" / "records"
+        reason = "Not a directory"
+    code = small_run(two_inputs, "new", records_dir)
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"pre-process.py: error: {records_dir}: ") and reason in err[-1]
+    if failure != "not a folder":
+        assert {name: (records_dir / name).read_bytes() for name in OUTPUT_NAMES} == before
+        assert sorted(os.listdir(records_dir)) == listing
+
+
+def test_a_missing_annotation_file_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "keypoint_validation_annotations.json"
+    result = subprocess.run([sys.executable, "pre-process.py", "--annotations", str(missing),
+                             "--images", str(tmp_path), "--records_dir", str(tmp_path / "r")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == (f"pre-process.py: error: {missing}: cannot read the annotation "
+                             "file (No such file or directory)\n")
+
+
+def test_no_record_kept_is_status_1_and_keeps_the_earlier_outputs(
+        tmp_path, malformed_images, capsys):
+    records_dir = tmp_path / "records"
+    malformed_run(tmp_path, malformed_images)
+    before = {name: (records_dir / name).read_bytes() for name in OUTPUT_NAMES}
+    capsys.readouterr()
+    code, _ = malformed_run(tmp_path, tmp_path / "no_images")  # every image is missing
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: split val: all 34 images were rejected" in err and "nothing written" in err
+    assert {name: (records_dir / name).read_bytes() for name in OUTPUT_NAMES} == before
+    empty = tmp_path / "keypoint_validation_annotations.json"
+    empty.write_text("[]")
+    assert run_main("--annotations", empty, "--images", malformed_images,
+                    "--records_dir", records_dir) == 1
+    assert f"{empty}: the annotation file holds no records" in capsys.readouterr().err
+    assert run_main("--annotations", empty, "--images", malformed_images, "--check-only") == 1
+
+
 def test_annotations_without_images_are_all_missing_but_counted(tmp_path, capsys):
     annotations = tmp_path / "a.json"
     annotations.write_text(json.dumps([record("a"), record("b", keypoints={
@@ -315,8 +525,9 @@ def test_unreadable_annotation_file_is_an_error_naming_it(tmp_path, capsys):
     annotations = tmp_path / "keypoint_validation_annotations.json"
     annotations.write_text('{"not": "a list"}')
     assert run_main("--annotations", annotations, "--images", tmp_path,
-                    "--records_dir", tmp_path / "records") == 1
-    assert str(annotations) in capsys.readouterr().err
+                    "--records_dir", tmp_path / "records") == 2
+    assert capsys.readouterr().err == (f"pre-process.py: error: {annotations}: expected a JSON "
+                                       "list of records, got a dict\n")
 
 
 def test_annotations_need_images_and_a_known_split(tmp_path):
@@ -338,7 +549,7 @@ def test_annotations_need_images_and_a_known_split(tmp_path):
 # Official zips and folders.
 # ----------------------------------------------------------------------------------------------
 def build_validation_zip(data_dir, tmp_path):
-    release = pre_process.RELEASES["val"]
+    release = AIC_RELEASES["val"]
     annotations = [record("aaa"), record("bbb", keypoints={"human1": PERSON},
                                          boxes={"human1": [14, 3, 40, 47]})]
     write_jpeg(tmp_path / "image.jpg")
@@ -371,8 +582,23 @@ def test_zip_is_extracted_safely_and_converted(tmp_path, capsys):
                                        release) == 0
 
 
+def test_a_zip_with_two_annotation_files_is_an_error_naming_both(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    release = AIC_RELEASES["val"]
+    first = f"{release.folder}/{release.annotations}"
+    second = f"copy/{release.annotations}"
+    with zipfile.ZipFile(data_dir / (release.folder + ".zip"), "w") as archive:
+        archive.writestr(first, json.dumps([record("aaa")]))
+        archive.writestr(second, json.dumps([record("bbb")]))
+    assert run_main("--data_dir", data_dir, "--records_dir", tmp_path / "records") == 2
+    err = capsys.readouterr().err
+    assert f"members {first!r} and {second!r} are both {release.annotations}" in err
+    assert not (data_dir / release.folder).exists()  # nothing extracted
+
+
 def test_extraction_plan_maps_by_name_and_skips_unsafe_members():
-    release = pre_process.RELEASES["train"]
+    release = AIC_RELEASES["train"]
     names = [f"x/{release.annotations}", f"a/b/{release.images}/1.jpg", f"{release.images}/2.JPG",
              "../../etc/passwd", f"{release.images}/../3.jpg", "C:/evil.jpg", "readme.txt"]
     plan, unsafe = pre_process.extraction_plan(names, "/target", release)
@@ -382,108 +608,8 @@ def test_extraction_plan_maps_by_name_and_skips_unsafe_members():
     assert unsafe == ["../../etc/passwd", f"{release.images}/../3.jpg", "C:/evil.jpg"]
 
 
-def test_nothing_found_says_where_it_looked(tmp_path, capsys):
-    assert run_main("--data_dir", tmp_path, "--records_dir", tmp_path / "records") == 1
+def test_nothing_found_says_where_it_looked_in_one_line(tmp_path, capsys):
+    assert run_main("--data_dir", tmp_path, "--records_dir", tmp_path / "records") == 2
     err = capsys.readouterr().err
     assert "ai_challenger_keypoint_train_20170909.zip" in err and "--synthetic" in err
-
-
-# ----------------------------------------------------------------------------------------------
-# Synthetic data.
-# ----------------------------------------------------------------------------------------------
-def tree_bytes(root):
-    files = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            files[os.path.relpath(path, root)] = open(path, "rb").read()
-    return files
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    pre_process.write_synthetic(str(root), 6, seed=5, jobs=1)
-    return root
-
-
-def test_synthetic_same_seed_same_bytes(synthetic_dir, tmp_path):
-    pre_process.write_synthetic(str(tmp_path / "again"), 6, seed=5, jobs=2)
-    pre_process.write_synthetic(str(tmp_path / "other"), 6, seed=6, jobs=1)
-    first = tree_bytes(synthetic_dir)
-    assert len(first) == 6 + 2 * 2  # 6 images, 2 annotation files, 2 markers
-    assert tree_bytes(tmp_path / "again") == first
-    other = tree_bytes(tmp_path / "other")
-    assert set(other) != set(first)
-
-
-def load_synthetic(root, split):
-    release = pre_process.RELEASES[split]
-    with open(os.path.join(root, release.folder, release.annotations), encoding="utf-8") as handle:
-        return release, json.load(handle)
-
-
-def check_synthetic_annotation(item, image_path):
-    assert set(item) == {"image_id", "keypoint_annotations", "human_annotations"}
-    assert re.fullmatch(r"[0-9a-f]{40}", item["image_id"])
-    image = cv2.imread(image_path)
-    height, width = image.shape[:2]
-    assert 240 <= height <= 480 and 240 <= width <= 640
-    assert set(item["keypoint_annotations"]) == set(item["human_annotations"])
-    assert 1 <= len(item["keypoint_annotations"]) <= 6
-    for name, values in item["keypoint_annotations"].items():
-        assert re.fullmatch(r"human[1-9]\d*", name)
-        assert len(values) == 42 and all(type(value) is int for value in values)
-        keypoints = np.asarray(values).reshape(14, 3)
-        box = item["human_annotations"][name]
-        assert len(box) == 4 and all(type(value) is int for value in box)
-        assert 0 <= box[0] < box[2] <= width - 1 and 0 <= box[1] < box[3] <= height - 1
-        assert set(keypoints[:, 2]) <= {1, 2, 3}
-        assert np.all(keypoints[keypoints[:, 2] == 3, :2] == 0)
-        labelled = keypoints[keypoints[:, 2] != 3]
-        assert len(labelled) >= 1
-        assert np.all((labelled[:, 0] >= box[0]) & (labelled[:, 0] <= box[2]))
-        assert np.all((labelled[:, 1] >= box[1]) & (labelled[:, 1] <= box[3]))
-
-
-def test_synthetic_set_is_in_the_official_layout_and_format(synthetic_dir):
-    for split, count in (("train", 5), ("val", 1)):
-        release, annotations = load_synthetic(synthetic_dir, split)
-        assert isinstance(annotations, list) and len(annotations) == count
-        for item in annotations:
-            image_path = os.path.join(synthetic_dir, release.folder, release.images,
-                                      item["image_id"] + ".jpg")
-            check_synthetic_annotation(item, image_path)
-
-
-def test_synthetic_set_converts_without_a_single_reject(synthetic_dir, tmp_path):
-    records_dir = tmp_path / "records"
-    assert run_main("--data_dir", synthetic_dir, "--records_dir", records_dir) == 0
-    for split, count in (("train", 5), ("val", 1)):
-        assert len(read_lines(records_dir / f"{split}.jsonl")) == count
-        assert read_lines(records_dir / f"{split}_rejects.jsonl") == []
-
-
-def test_synthetic_keypoints_are_marked_occluded_and_out_of_frame():
-    labels = np.zeros((20, 30), np.uint8)
-    labels[5:10, 5:10] = 1  # person 1
-    labels[8:10, 8:10] = 2  # person 2, drawn later, covers (8..9, 8..9)
-    joints = np.tile([[6, 6]], (14, 1))
-    joints[1] = (9, 9)  # under person 2
-    joints[2] = (-1, 6)  # left of the frame
-    joints[3] = (6, 20)  # below the frame
-    shapes = [("circle", (7, 7), 3, (0, 0, 0))]
-    keypoints, box = pre_process.annotate_person(joints, shapes, labels, 1)
-    triples = np.asarray(keypoints).reshape(14, 3)
-    assert triples[0].tolist() == [6, 6, 1] and triples[1].tolist() == [9, 9, 2]
-    assert triples[2].tolist() == [0, 0, 3] and triples[3].tolist() == [0, 0, 3]
-    assert box == [4, 4, 10, 10]
-
-
-def test_synthetic_refuses_to_overwrite_real_data(tmp_path, capsys):
-    real = tmp_path / pre_process.RELEASES["train"].folder
-    real.mkdir()
-    (real / "keep.txt").write_text("real data")
-    assert run_main("--synthetic", 4, "--data_dir", tmp_path) == 1
-    assert "not a synthetic set" in capsys.readouterr().err
-    assert (real / "keep.txt").read_text() == "real data"
+    assert err.count("\n") == 1 and str(tmp_path) in err

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import config
+import data_generator
 import model
 import train
 
@@ -28,14 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In-process tests check the optimisation itself, so they leave out batch normalisation, whose
 # moving statistics need more than a few steps before evaluation-mode losses mean anything; the
 # subprocess tests below keep the cpu preset's batch normalisation.
-TINY = dict(input_size=32, stride=4, stages=2, backbone_channels=(8, 8, 8), cpm_channels=(8, 8),
-            stage_channels=8, stage1_hidden=8, stage_kernel=3, stage_convs=1, batch_size=2,
-            steps_per_epoch=2, validation_steps=1, log_images_every=2, batch_norm=False)
-TINY_FLAGS = ["--preset", "cpu", "--input_size", "32", "--stages", "2",
-              "--backbone_channels", "8,8,8", "--cpm_channels", "8,8", "--stage_channels", "8",
-              "--stage1_hidden", "8", "--stage_kernel", "3", "--stage_convs", "1",
-              "--batch_size", "2", "--steps_per_epoch", "2", "--validation_steps", "1",
-              "--log_images_every", "1000"]
+TINY = dict(batch_norm=False)
+TINY_FLAGS = ["--preset", "tiny", "--log_images_every", "1000"]
 SUBPROCESS_TIMEOUT = 240
 
 
@@ -43,7 +38,7 @@ def tiny_config(tmp_path, **overrides):
     values = dict(TINY, models_dir=str(tmp_path / "models"), logs_dir=str(tmp_path / "logs"),
                   run_name="tiny")
     values.update(overrides)
-    return config.make_config("cpu", **values)
+    return config.make_config("tiny", **values)
 
 
 def subprocess_env(**extra):
@@ -78,7 +73,7 @@ def test_trainer_loss_is_the_sum_over_stages_and_branches(tmp_path):
     cfg = tiny_config(tmp_path)
     network = model.build_model(cfg)
     trainer, _ = train.make_trainer(cfg, network)
-    images, targets = next(iter(train.synthetic_dataset(cfg, "val", False)))
+    images, targets = next(iter(data_generator.synthetic_dataset(cfg, "val", False)))
     logs = trainer.test_step((images, targets))
     outputs = [np.asarray(output) for output in network(images)]
     mask, batch = targets["mask"].numpy(), images.shape[0]
@@ -107,7 +102,7 @@ def constant_prediction_loss(targets, stages):
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     cfg = tiny_config(tmp_path, optimizer="adam", learning_rate=1e-3)
     trainer, _ = train.make_trainer(cfg, model.build_model(cfg))
-    dataset = train.synthetic_dataset(cfg, "train", True, batches=1)
+    dataset = data_generator.synthetic_dataset(cfg, "train", True, batches=1)
     batch = next(iter(dataset))
     before = float(trainer.test_step(batch)["loss"])
     trainer.fit(dataset, epochs=1, steps_per_epoch=15, verbose=0, shuffle=False)
@@ -138,7 +133,7 @@ def one_sgd_step_changes(tmp_path, stage_multiplier):
     network = model.build_model(cfg)
     trainer, _ = train.make_trainer(cfg, network)
     before = {v.path: v.numpy().copy() for v in network.trainable_variables}
-    trainer.fit(train.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
+    trainer.fit(data_generator.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
                 steps_per_epoch=1, verbose=0, shuffle=False)
     return {v.path: v.numpy() - before[v.path] for v in network.trainable_variables}
 
@@ -214,7 +209,7 @@ def event_tags(directory):
 
 def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
     cfg = tiny_config(tmp_path, steps_per_epoch=3, epochs=2, max_train_minutes=1e-9)
-    first = train.main(cfg, dataset_fn=train.synthetic_dataset)
+    first = train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
     # The time budget stops the run after its first step, in the middle of epoch 0.
     assert (first["step"], first["stop_reason"], first["optimizer_iterations"]) == (1, "time", 1)
     model_dir, log_dir = config.run_directories(cfg)
@@ -223,11 +218,11 @@ def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
         assert os.path.isfile(os.path.join(model_dir, name)), name
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-")]
     assert {"loss", "learning_rate"} <= event_tags(os.path.join(log_dir, "steps"))
-    with pytest.raises(FileExistsError, match="--resume"):
-        train.main(cfg, dataset_fn=train.synthetic_dataset)
+    with pytest.raises(train.TrainError, match="--resume"):
+        train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
 
     resumed_cfg = dataclasses.replace(cfg, resume=True, max_train_minutes=0.0)
-    second = train.main(resumed_cfg, dataset_fn=train.synthetic_dataset)
+    second = train.main(resumed_cfg, dataset_fn=data_generator.synthetic_dataset)
     assert second["resumed"] and second["stop_reason"] == "finished"
     # 2 steps finish epoch 0, then epoch 1: 6 steps in all, the optimizer state included.
     assert (second["steps_this_run"], second["step"], second["optimizer_iterations"]) == (5, 6, 6)
@@ -247,7 +242,7 @@ def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
 def nan_after(good_batches):
     """A dataset_fn whose training stream turns to NaN images after `good_batches` batches."""
     def dataset_fn(cfg, split, training, shard=None, input_context=None):
-        dataset = train.synthetic_dataset(cfg, split, training, input_context=input_context)
+        dataset = data_generator.synthetic_dataset(cfg, split, training, input_context=input_context)
         if not training:
             return dataset
         poison = dataset.map(lambda images, targets: (images * np.nan, targets))
@@ -255,11 +250,11 @@ def nan_after(good_batches):
     return dataset_fn
 
 
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, caplog):
     cfg = tiny_config(tmp_path, epochs=5)
     summary = train.main(cfg, dataset_fn=nan_after(2))
     assert summary["stop_reason"] == "nan"
-    assert "NaN" in capsys.readouterr().err
+    assert "NaN" in caplog.text
     model_dir, _ = config.run_directories(cfg)
     assert train.read_run_state(model_dir).step == 2  # the epoch-end checkpoint before the NaN
     network, _ = model.load_checkpoint(os.path.join(model_dir, "last.keras"))
@@ -328,13 +323,13 @@ import json, sys
 import tensorflow as tf
 device = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(device, [tf.config.LogicalDeviceConfiguration()] * 2)
-import config, train
-cfg = config.make_config("cpu", strategy=sys.argv[2], epochs=2, batch_size=4,
+import config, data_generator, train
+cfg = config.make_config("tiny", strategy=sys.argv[2], epochs=2, batch_size=4,
                          models_dir=sys.argv[1] + "/models", logs_dir=sys.argv[1] + "/logs",
                          run_name="distributed",
                          **{key: tuple(value) if isinstance(value, list) else value
                             for key, value in json.loads(sys.argv[3]).items()})
-print(json.dumps(train.main(cfg, dataset_fn=train.synthetic_dataset)))
+print(json.dumps(train.main(cfg, dataset_fn=data_generator.synthetic_dataset)))
 """
 
 
@@ -454,3 +449,101 @@ def test_paper_recipe_first_update_is_small_at_368():
     assert np.isfinite(logs["loss"]) and logs["nonfinite_steps"] == 0
     change = np.linalg.norm(probe.numpy() - before) / np.linalg.norm(before)
     assert 0 < change < 1e-3, f"first update moved the heatmap head by {change:.2e} of its norm"
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected failures: one line, exit status 2, nothing lost
+# ---------------------------------------------------------------------------------------------
+def run_cli(flags, timeout=SUBPROCESS_TIMEOUT):
+    return subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr):
+    """The lines of stderr that are not TensorFlow's start-up noise."""
+    noise = ("WARNING: All log messages", "I0000", "oneDNN", "cpu_feature_guard", "To enable",
+             "E0000", "W0000")
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(noise)
+            and "rebuild TensorFlow" not in line]
+
+
+def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
+    flags = TINY_FLAGS + ["--records_dir", str(tmp_path / "nothing"), "--models_dir",
+                          str(tmp_path / "models"), "--logs_dir", str(tmp_path / "logs")]
+    result = run_cli(flags)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ")
+    assert f"{tmp_path / 'nothing'}/train.jsonl: no " in lines[0]
+    assert lines[0].endswith("run pre-process.py first")
+    (tmp_path / "models" / "tiny").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models" / "tiny" / "state-000000002.weights.h5").write_bytes(b"x")
+    (tmp_path / "models" / "tiny" / "last.json").write_text(
+        json.dumps({"step": 2, "state_file": "state-000000002.weights.h5"}))
+    result = run_cli(flags)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "already holds run 'tiny' (step 2)" in lines[0]
+    assert "--resume" in lines[0]
+
+
+def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path):
+    cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    before = {name: os.path.getmtime(os.path.join(model_dir, name))
+              for name in os.listdir(model_dir)}
+    changed = dataclasses.replace(cfg, resume=True, batch_norm=False)
+    with pytest.raises(train.TrainError, match=r"--batch_norm True -> False"):
+        train.main(changed, dataset_fn=data_generator.synthetic_dataset)
+    after = {name: os.path.getmtime(os.path.join(model_dir, name))
+             for name in os.listdir(model_dir)}
+    assert after == before  # config.json, best.keras and the state are untouched
+    # Inference and training-control fields may change on resume.
+    allowed = dataclasses.replace(cfg, resume=True, epochs=2, scales=(1.0, 2.0))
+    assert train.main(allowed, dataset_fn=data_generator.synthetic_dataset)["resumed"]
+
+
+def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
+    cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    # The saved config edited by hand: the state file no longer fits the network it describes.
+    config.save_config(dataclasses.replace(cfg, batch_norm=False),
+                       os.path.join(model_dir, "config.json"))
+    resumed = dataclasses.replace(cfg, resume=True, batch_norm=False, epochs=2)
+    with pytest.raises(model.CheckpointError, match="not loaded"):
+        train.main(resumed, dataset_fn=data_generator.synthetic_dataset)
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, epochs=1)
+    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    good = train.read_run_state(model_dir)
+    kept = {name: (tmp_path / "models" / "tiny" / name).read_bytes()
+            for name in ("last.json", "last.keras", good.state_file)}
+
+    class Usage:
+        free = 1000  # bytes: far less than a checkpoint
+
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: Usage())
+    more = dataclasses.replace(cfg, resume=True, epochs=2)
+    with pytest.raises(train.TrainError, match="MB free, a checkpoint needs about"):
+        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    for name, content in kept.items():
+        assert (tmp_path / "models" / "tiny" / name).read_bytes() == content
+    monkeypatch.undo()
+
+    # A write that fails half-way (ENOSPC from the file system) is reported the same way.
+    def no_space(self, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.PoseTrainer, "save_weights", no_space)
+    with pytest.raises(train.TrainError, match="No space left on device"):
+        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    assert sorted(os.listdir(model_dir)) == sorted(
+        ["best.keras", "config.json", "last.json", "last.keras", good.state_file])
+    assert train.read_run_state(model_dir).step == good.step

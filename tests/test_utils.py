@@ -51,10 +51,42 @@ def test_read_image_names_the_file_on_missing_corrupt_or_truncated(tmp_path):
         utils.read_image_rgb(str(tmp_path / "cut.jpg"))
 
 
-def test_aic_keypoint_round_trip():
-    flat = list(range(42))
-    keypoints = utils.keypoints_from_aic(flat)
-    assert keypoints.shape == (14, 3) and keypoints[1, 0] == 3
-    assert utils.keypoints_to_aic(keypoints) == flat
-    with pytest.raises(ValueError, match="42"):
-        utils.keypoints_from_aic(flat[:-1])
+def jpeg_bytes(seed=0):
+    rng = np.random.default_rng(seed)
+    picture = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160, 3)).astype(np.uint8), (0, 0), 3)
+    return cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def test_content_decides_the_format_and_the_message_says_what_a_bad_file_is(tmp_path):
+    # A PNG named .jpg is a PNG: it decodes, and is not called truncated for lacking FF D9.
+    png = cv2.imencode(".png", np.full((4, 6, 3), 9, np.uint8))[1].tobytes()
+    (tmp_path / "png.jpg").write_bytes(png)
+    assert utils.decode_image(str(tmp_path / "png.jpg")).shape == (4, 6, 3)
+    (tmp_path / "notes.jpg").write_text("hello, these are my notes")
+    with pytest.raises(utils.ImageError, match="notes.jpg: not an image: a text file") as info:
+        utils.decode_image(str(tmp_path / "notes.jpg"))
+    assert info.value.reason == "not_an_image"
+    (tmp_path / "cut.png").write_bytes(png[:-12])
+    with pytest.raises(utils.ImageError, match="PNG data is truncated"):
+        utils.decode_image(str(tmp_path / "cut.png"))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(utils.ImageError, match="empty"):
+        utils.decode_image(str(tmp_path / "empty.jpg"))
+
+
+def test_strict_decode_catches_a_damaged_jpeg_with_an_intact_end_marker(tmp_path):
+    data = bytearray(jpeg_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 400] = bytes(400)  # zeros over the entropy-coded data
+    assert data[-2:] == b"\xff\xd9"
+    path = str(tmp_path / "damaged.jpg")
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+    assert utils.decode_image(path).shape == (120, 160, 3)  # the lenient decode passes it
+    with pytest.raises(utils.ImageError, match="damaged JPEG data") as info:
+        utils.decode_image(path, strict=True)
+    assert info.value.reason == "damaged"
+    good = str(tmp_path / "good.jpg")
+    with open(good, "wb") as handle:
+        handle.write(jpeg_bytes())
+    assert utils.decode_image(good, strict=True).shape == (120, 160, 3)
