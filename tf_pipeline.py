@@ -31,10 +31,11 @@ Where the time goes, and XLA
     people are padded with empty ones to one of PEOPLE_COUNTS. The pixels: the JPEG header gives
     the size; only the window of the (DCT-reduced) image that the crop reads is decoded
     (decode_and_crop_jpeg); the warp and the colour jitter are one XLA kernel over the output
-    (window_kernel), the window flattened and zero-padded to one of WINDOW_PIXELS. Each size
-    is compiled once per process, the first time it is met (about a second each). Plain
-    TensorFlow ops would run the same arithmetic as a few hundred small ops per sample, whose
-    dispatch, and whose full-image passes for the warp and the jitter, cost more than the work.
+    (window_kernel), the window flattened and zero-padded to one of WINDOW_PIXELS. Both are
+    traced once, with those sizes left open, and XLA compiles each size once per process, the
+    first time a sample has it (about a second each). Plain TensorFlow ops would run the same
+    arithmetic as a few hundred small ops per sample, whose dispatch, and whose full-image
+    passes for the warp and the jitter, cost more than the work.
 
 Images
     JPEG, PNG, GIF and BMP are recognised by their first bytes. JPEGs that will be shrunk by 2x
@@ -592,37 +593,41 @@ def training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
 PLAN_FIELDS = ("input_size", "stride", "heatmap_sigma", "paf_width", "ignore_padding",
                "target_person_height", "scale_min", "scale_max", "max_rotation",
                "center_jitter", "flip_probability")
-# Sizes that training_plan is compiled for: a sample's people are padded with unlabelled,
-# box-less people to the smallest that holds them (they draw nothing and mask nothing).
+# People counts that training_plan is compiled for: a sample's people are padded with
+# unlabelled, box-less people (they draw nothing and mask nothing) to the smallest count here that
+# holds them, or beyond the last to a multiple of it.
 PEOPLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
-    """training_plan, XLA-compiled for the smallest PEOPLE_COUNTS that holds the people, or
-    run as plain graph ops beyond the largest."""
+    """training_plan, XLA-compiled for the people padded to a PEOPLE_COUNTS size.
+
+    The plan is traced once, with the number of people left open; XLA compiles it for each
+    padded count the first time a sample has it.
+    """
     key = ("plan",) + tuple(getattr(cfg, name) for name in PLAN_FIELDS)
     if key not in _COMPILED:
+        scalar = tf.TensorSpec([], F64)
+        signature = [tf.TensorSpec([None, NUM_JOINTS, 3], F64), tf.TensorSpec([None, 4], F64),
+                     scalar, scalar, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool),
+                     tf.TensorSpec([NUM_DRAWS], F64)]
         _COMPILED[key] = tf.function(lambda *args: training_plan(cfg, *args), jit_compile=True,
-                                     autograph=False)
-    plan = _COMPILED[key]
+                                     autograph=False, input_signature=signature)
     count = tf.shape(keypoints)[0]
+    missing = padded_count(count) - count
+    nobody = tf.tile(tf.constant([[[0.0, 0.0, config.UNLABELLED]]], F64), [missing, NUM_JOINTS, 1])
+    no_boxes = tf.fill([missing, 4], tf.constant(np.nan, F64))
+    return _COMPILED[key](tf.concat([keypoints, nobody], 0), tf.concat([boxes, no_boxes], 0),
+                          width, height, shape, is_jpeg, draws)
 
-    def padded(size):
-        def run():
-            missing = size - count
-            nobody = tf.tile(tf.constant([[[0.0, 0.0, config.UNLABELLED]]], F64),
-                             [missing, NUM_JOINTS, 1])
-            people = tf.ensure_shape(tf.concat([keypoints, nobody], 0), [size, NUM_JOINTS, 3])
-            no_boxes = tf.fill([missing, 4], tf.constant(np.nan, F64))
-            people_boxes = tf.ensure_shape(tf.concat([boxes, no_boxes], 0), [size, 4])
-            return plan(people, people_boxes, width, height, shape, is_jpeg, draws)
-        return run
 
-    def plain():
-        return training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws)
-
+def padded_count(count):
+    """int32: the smallest PEOPLE_COUNTS entry >= count, or count rounded up to a multiple of
+    the last one."""
+    largest = PEOPLE_COUNTS[-1]
     bucket = tf.reduce_sum(tf.cast(tf.constant(PEOPLE_COUNTS) < count, tf.int32))
-    return tf.switch_case(bucket, [padded(size) for size in PEOPLE_COUNTS] + [plain])
+    return tf.where(count <= largest, tf.gather(PEOPLE_COUNTS + (largest,), bucket),
+                    (count + largest - 1) // largest * largest)
 
 
 def window_kernel(size, pad_value, strength):
@@ -637,7 +642,10 @@ def window_kernel(size, pad_value, strength):
     """
     key = ("warp", size, float(pad_value), float(strength))
     if key not in _COMPILED:
-        @tf.function(jit_compile=True, autograph=False)
+        signature = [tf.TensorSpec([None], tf.uint8), tf.TensorSpec([2], tf.int32),
+                     tf.TensorSpec([2, 3], tf.float32), tf.TensorSpec([3], F64)]
+
+        @tf.function(jit_compile=True, autograph=False, input_signature=signature)
         def kernel(pixels, extent, inverse, draws):
             rows = tf.reshape(pixels, [-1, 3])
             grid = tf.range(size, dtype=tf.float32)
@@ -669,23 +677,20 @@ def warp_window(cfg, pixels, inverse, draws):
     smallest WINDOW_PIXELS that holds it, or by ImageProjectiveTransformV3 when none does."""
     kernel = window_kernel(cfg.input_size, cfg.pad_value, cfg.color_jitter)
     shape = tf.shape(pixels)[:2]
-    extent = tf.stack([shape[1], shape[0]])
-    flat = tf.reshape(pixels, [-1])
+    count = shape[0] * shape[1]
 
-    def padded(count):
-        def warp():
-            # Concatenation is a memcpy; tf.pad on uint8 images is many times slower.
-            filler = tf.zeros([tf.maximum(3 * count - tf.size(flat), 0)], tf.uint8)
-            # The slice (an alias, not a copy) gives the static size XLA compiles for.
-            return kernel(tf.concat([flat, filler], 0)[:3 * count], extent, inverse, draws)
-        return warp
+    def padded():
+        bucket = tf.reduce_sum(tf.cast(tf.constant(WINDOW_PIXELS) < count, tf.int32))
+        # Concatenation is a memcpy; tf.pad on uint8 images is many times slower.
+        filler = tf.zeros([3 * (tf.gather(WINDOW_PIXELS, bucket) - count)], tf.uint8)
+        flat = tf.concat([tf.reshape(pixels, [-1]), filler], 0)
+        return kernel(flat, tf.stack([shape[1], shape[0]]), inverse, draws)
 
     def fallback():
         image = warp_image(pixels, inverse, cfg.input_size, cfg.pad_value)
         return to_pixels(jitter_colors(image, draws, cfg.color_jitter))
 
-    bucket = tf.reduce_sum(tf.cast(tf.constant(WINDOW_PIXELS) < shape[0] * shape[1], tf.int32))
-    return tf.switch_case(bucket, [padded(count) for count in WINDOW_PIXELS] + [fallback])
+    return tf.cond(count <= WINDOW_PIXELS[-1], padded, fallback)
 
 
 # ---------------------------------------------------------------------------------------------
