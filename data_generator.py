@@ -661,6 +661,15 @@ def resolve_shard(shard, input_context):
 PIPELINES = ("tf", "numpy")
 
 
+def pipeline_problem(cfg):
+    """What is wrong with cfg.pipeline and cfg.data_service_address, in one line, or ""."""
+    if cfg.pipeline not in PIPELINES:
+        return f"--pipeline must be one of {', '.join(PIPELINES)}, got {cfg.pipeline!r}"
+    if cfg.data_service_address and cfg.pipeline != "tf":
+        return "--data_service_address needs --pipeline tf (tf.data service runs graph ops only)"
+    return ""
+
+
 def make_dataset(cfg, split, training, shard=None, input_context=None, skip_counts=None):
     """Batched tf.data.Dataset of (images, {"heatmaps", "pafs", "mask"}) for `split`.
 
@@ -677,12 +686,13 @@ def make_dataset(cfg, split, training, shard=None, input_context=None, skip_coun
     """
     import tensorflow as tf
 
-    if cfg.pipeline not in PIPELINES:
-        raise ValueError(f"pipeline {cfg.pipeline!r} is not one of {PIPELINES}")
+    problem = pipeline_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     service = training and bool(cfg.data_service_address)
-    if service and cfg.pipeline != "tf":
-        raise ValueError("tf.data service runs graph ops only: use --pipeline tf")
     records = load_records(cfg, split)
+    if service:  # the workers run elsewhere, in other folders: they need absolute paths
+        records.paths = [os.path.abspath(path) for path in records.paths]
     num_shards, shard_index, per_replica = resolve_shard(shard, input_context)
     batch_size = per_replica(cfg.batch_size) if per_replica else cfg.batch_size
     dataset = tf.data.Dataset.range(len(records))

@@ -9,13 +9,13 @@ train.py pointed at the dispatcher.
     python train.py --preset paper --data_service_address grpc://HOST:5050 \
         --data_dir /shared/data --records_dir /shared/data/records
 
-train.py reads the records and sends the whole dataset (its graph, the records as constants)
-to the dispatcher; the workers read and decode the images themselves, so every worker needs
-the same TensorFlow version and the images at the same paths as the training host (give an
-absolute --data_dir, on a shared file system or copied). The dispatcher hands the record
-indices out in splits ("distributed epoch"), so each worker makes different samples and
-workers can be added while training runs. Skipped images are logged on the workers' stderr.
-Validation batches are still made by the training host.
+train.py reads the records and sends the whole dataset (its graph, the records as constants,
+the image paths made absolute) to the dispatcher; the workers read and decode the images
+themselves, so every worker needs the same TensorFlow version and the images at the same
+absolute paths as the training host (a shared file system, or copies at the same place). The
+dispatcher hands the record indices out in splits ("distributed epoch"), so each worker makes
+different samples and workers can be added while training runs. Skipped images are logged on
+the workers' stderr. Validation batches are still made by the training host.
 """
 
 from __future__ import annotations

@@ -38,24 +38,26 @@ Where the time goes, and XLA
     passes for the warp and the jitter, cost more than the work.
 
 Images
-    JPEG, PNG, GIF and BMP are recognised by their first bytes. JPEGs that will be shrunk by 2x
-    or more are decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling, as the numpy path
-    does; other formats are decoded whole. The warp is bilinear with pixel centres on integers
-    and a constant border of cfg.pad_value blended into edge pixels, as cv2.warpAffine; the
-    colour jitter is the numpy path's, computed in float32 and rounded to uint8 once at the end
-    (the numpy path rounds after each step, so the two differ by a grey level or two). Samples
-    carry uint8 pixels, as the numpy path's do, so that batching copies a quarter of the bytes;
+    Formats are recognised by their first bytes as utils.decode_image recognises them; JPEG, PNG,
+    BMP and WebP are decoded (TIFF, which OpenCV reads, is not: use the numpy pipeline). JPEGs that
+    will be shrunk by 2x or more are decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling, as
+    the numpy path does; other formats are decoded whole. The warp is bilinear with pixel centres on
+    integers and a constant border of cfg.pad_value blended into edge pixels, as cv2.warpAffine; the
+    colour jitter is the numpy path's, computed in float32 and rounded to uint8 once at the end (the
+    numpy path rounds after each step, so the two differ by a grey level or two). Samples carry
+    uint8 pixels, as the numpy path's do, so that batching copies a quarter of the bytes;
     make_dataset casts the batches to float32. Validation resizes with area averaging
     (tf.image.resize, like cv2's INTER_AREA) and pads bottom/right.
 
 Bad input
     A missing file (tf.io.matching_files, no exception), an empty file, one that is not a
-    JPEG/PNG/GIF/BMP, a JPEG without its end marker or a PNG without its IEND chunk, and an image
-    whose size is not the record's give a reason code (data_generator.SKIP_REASONS) instead of
-    an error: the sample is dropped, counted and logged with its file name (keep_function). A
-    file that passes these checks and still fails to decode (a corrupt header) raises inside the
-    map: tf.data's ignore_errors drops it (TensorFlow's warning log has the error, not the file
-    name), and the gap it leaves in the draw numbers is counted as an "error" (track_skips).
+    JPEG/PNG/BMP/WebP, a JPEG without its end marker or a PNG without its IEND chunk (the rules
+    of utils.decode_image, which the numpy pipeline uses), and an image whose size is not the
+    record's give a reason code (data_generator.SKIP_REASONS) instead of an error: the sample
+    is dropped, counted and logged with its file name (keep_function). A file that passes these
+    checks and still fails to decode (a corrupt header) raises inside the map: tf.data's
+    ignore_errors drops it (TensorFlow's warning log has the error, not the file name), and the
+    gap it leaves in the draw numbers is counted as an "error" (track_skips).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ import numpy as np
 import tensorflow as tf
 
 import config
+import utils
 from config import FLIP_JOINTS, LIMBS, NUM_JOINTS, NUM_LIMBS
 
 # Imported for constants only; data_generator imports this module lazily.
@@ -74,8 +77,13 @@ import data_generator as dg
 F64 = tf.float64
 # The uniforms each training sample draws (see the module docstring for their order).
 NUM_DRAWS = 9
-# First bytes of the image formats decode_image reads.
-JPEG_MAGIC, PNG_MAGIC, GIF_MAGIC, BMP_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM"
+# Image formats are numbered from 1 in the order of utils.IMAGE_SIGNATURES (0: none of them),
+# so that a file is recognised by its first bytes as utils.decode_image recognises it.
+FORMATS = tuple(name for name, _ in utils.IMAGE_SIGNATURES)
+JPEG, PNG = FORMATS.index("JPEG") + 1, FORMATS.index("PNG") + 1
+# The formats tf.io.decode_image reads: TIFF files, which OpenCV reads, are skipped here.
+DECODABLE = tuple(number for number, name in enumerate(FORMATS, 1)
+                  if name in ("JPEG", "PNG", "BMP", "WebP"))
 # ITU-R BT.601 luma weights of R, G, B, as OpenCV's BGR2GRAY uses for the saturation jitter.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # Characters that tf.io.matching_files reads as a pattern; they are escaped in paths.
@@ -363,37 +371,39 @@ def read_file(path, pattern):
 
 
 def image_format(contents):
-    """int32 scalar by the first bytes: 1 JPEG, 2 PNG, 3 GIF, 4 BMP, 0 anything else."""
-    kinds = [tf.strings.substr(contents, 0, len(magic)) == magic
-             for magic in (JPEG_MAGIC, PNG_MAGIC, GIF_MAGIC, BMP_MAGIC)]
-    return tf.reduce_max(tf.where(tf.stack(kinds), tf.range(1, 5), 0))
+    """int32 scalar: the number of the format (see FORMATS) the first bytes announce, or 0."""
+    kinds = [tf.strings.substr(contents, 0, len(signature)) == signature
+             for _, signature in utils.IMAGE_SIGNATURES]
+    return tf.reduce_max(tf.where(tf.stack(kinds), tf.range(1, len(kinds) + 1), 0))
 
 
 def looks_complete(contents, kind):
-    """bool scalar: a JPEG ends with its EOI marker, a PNG has IEND in its last 16 bytes.
+    """bool scalar: a JPEG ends with its EOI marker, a PNG has IEND in its last bytes.
 
-    The rule of utils.looks_truncated, by content: a file cut short in a copy misses them, and
+    The rule of utils.check_image_ends, by content: a file cut short in a copy misses them, and
     libjpeg would decode the missing part as grey without an error.
     """
     length = tf.strings.length(contents)
     jpeg_end = tf.strings.substr(contents, tf.maximum(length - 2, 0), 2) == b"\xff\xd9"
-    tail = tf.io.decode_raw(tf.strings.substr(contents, tf.maximum(length - 16, 0), 16),
+    probe = utils.PROBE_BYTES
+    tail = tf.io.decode_raw(tf.strings.substr(contents, tf.maximum(length - probe, 0), probe),
                             tf.uint8)
     windows = tf.stack([tail[:-3], tail[1:-2], tail[2:-1], tail[3:]], axis=1)  # (n, 4)
     png_end = tf.reduce_any(tf.reduce_all(windows == tf.constant(list(b"IEND"), tf.uint8), 1))
-    return tf.where(kind == 1, jpeg_end, tf.where(kind == 2, png_end, True))
+    return tf.where(kind == JPEG, jpeg_end, tf.where(kind == PNG, png_end, True))
 
 
 def readable_reason(contents, reason):
-    """(format int32, reason int32): unreadable_image for empty, unknown or truncated files."""
+    """(format int32, reason int32): unreadable_image for empty, unknown, undecodable (TIFF)
+    or truncated files."""
     kind = image_format(contents)
-    readable = (kind > 0) & looks_complete(contents, kind)
+    readable = tf.reduce_any(kind == tf.constant(DECODABLE)) & looks_complete(contents, kind)
     return kind, tf.where((reason == 0) & ~readable, dg.SKIP_REASONS.index("unreadable_image"),
                           reason)
 
 
 def decode(contents, kind, factor_index):
-    """uint8 (h, w, 3) RGB; JPEGs (kind 1) at 1 / 2**factor_index size by DCT scaling.
+    """uint8 (h, w, 3) RGB; JPEGs (kind JPEG) at 1 / 2**factor_index size by DCT scaling.
 
     Grey and 4-channel files come back as 3-channel RGB; EXIF orientation is ignored, as in
     data_generator.decode_image.
@@ -405,7 +415,7 @@ def decode(contents, kind, factor_index):
     def other():
         return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
-    image = tf.cond(kind == 1,
+    image = tf.cond(kind == JPEG,
                     lambda: tf.switch_case(factor_index, [jpeg(r) for r in (1, 2, 4, 8)]), other)
     return tf.ensure_shape(image, [None, None, 3])
 
@@ -426,7 +436,7 @@ def file_shape(contents, kind, reason):
     def skipped():
         return tf.zeros([2], tf.int32), tf.zeros([0, 0, 3], tf.uint8)
 
-    return tf.cond(reason != 0, skipped, lambda: tf.cond(kind == 1, jpeg, other))
+    return tf.cond(reason != 0, skipped, lambda: tf.cond(kind == JPEG, jpeg, other))
 
 
 def source_size(record_size, shape):
@@ -553,7 +563,7 @@ def source_window(inverse, shape, size):
 def decode_window(contents, kind, factor_index, whole, window):
     """uint8 (height, width, 3) RGB: the window (x, y, width, height) of the decoded image.
 
-    A JPEG (kind 1) decodes only the window (libjpeg skips the rest), at 1/2**factor_index size;
+    A JPEG (kind JPEG) decodes only the window (libjpeg skips the rest), at 1/2**factor_index size;
     other formats are cut from `whole`, their image decoded in full.
     """
     x, y, width, height = tf.unstack(window)
@@ -562,7 +572,7 @@ def decode_window(contents, kind, factor_index, whole, window):
         return lambda: tf.io.decode_and_crop_jpeg(contents, [y, x, height, width], channels=3,
                                                   ratio=ratio, dct_method="INTEGER_ACCURATE")
 
-    pixels = tf.cond(kind == 1,
+    pixels = tf.cond(kind == JPEG,
                      lambda: tf.switch_case(factor_index, [jpeg(r) for r in (1, 2, 4, 8)]),
                      lambda: whole[y:y + height, x:x + width])
     return tf.ensure_shape(pixels, [None, None, 3])
@@ -765,7 +775,7 @@ def training_sample(cfg, record, draws):
     path, pattern, record_size, keypoints, boxes = record
     contents, kind, reason, shape, whole, width, height = open_image(record_size, path, pattern)
     *targets, factor_index, window, inverse, size_ok = planned(
-        cfg, keypoints, boxes, width, height, shape, kind == 1, draws)
+        cfg, keypoints, boxes, width, height, shape, kind == JPEG, draws)
     reason = tf.where((reason == 0) & ~size_ok, dg.SKIP_REASONS.index("size_mismatch"), reason)
 
     def picture():
@@ -782,13 +792,13 @@ def validation_sample(cfg, record):
     path, pattern, record_size, keypoints, boxes = record
     contents, kind, reason, shape, whole, width, height = open_image(record_size, path, pattern)
     matrix, new_size = letterbox_transform(cfg, width, height)
-    factor_index = reduction_index(tf.maximum(matrix[0, 0], matrix[1, 1]), kind == 1)
+    factor_index = reduction_index(tf.maximum(matrix[0, 0], matrix[1, 1]), kind == JPEG)
     decoded = reduced_shape(shape, factor_index)
     reason = tf.where((reason == 0) & ~size_matches(decoded, width, height, factor_index),
                       dg.SKIP_REASONS.index("size_mismatch"), reason)
 
     def picture():
-        pixels = tf.cond(kind == 1, lambda: decode(contents, kind, factor_index), lambda: whole)
+        pixels = tf.cond(kind == JPEG, lambda: decode(contents, kind, factor_index), lambda: whole)
         return letterbox_image(pixels, new_size, cfg.input_size, cfg.pad_value)
 
     blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.uint8)
@@ -882,7 +892,7 @@ def keep_function(reporter):
 # What a skip log line says after the file name, by reason.
 SKIP_MESSAGES = {
     "missing_image": "image file not found",
-    "unreadable_image": "not a readable image (empty, not JPEG/PNG/GIF/BMP, or truncated)",
+    "unreadable_image": "not a readable image (empty, not JPEG/PNG/BMP/WebP, or truncated)",
     "size_mismatch": "image size differs from the record's",
     "error": "dropped by a decoding error (TensorFlow's warning log has its message)",
 }
@@ -898,12 +908,14 @@ def sample_dataset(cfg, records, indices, training, shard_index, reporter=None):
     """
     tensors = RecordTensors(records)
     make = sample_function(cfg, tensors, training, shard_index)
-    samples = indices.map(make, num_parallel_calls=tf.data.AUTOTUNE)
+    # The functions are graph ops already; AutoGraph's conversion would only slow the tracing.
+    plain = tf.autograph.experimental.do_not_convert
+    samples = indices.map(plain(make), num_parallel_calls=tf.data.AUTOTUNE)
     # Only a file that passed every check and still failed to decode raises in the map.
     samples = samples.ignore_errors(log_warning=True)
     start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
-    samples = samples.scan(start, track_skips).filter(keep_function(reporter))
-    return samples.map(_as_training_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    samples = samples.scan(start, plain(track_skips)).filter(plain(keep_function(reporter)))
+    return samples.map(plain(_as_training_pair), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _as_training_pair(image, heatmaps, pafs, mask, reason, path, failed):

@@ -4,6 +4,7 @@ cases and on the real AI Challenger layouts of the shared annotations; the warp 
 jitter against OpenCV; skips, determinism and tf.data service."""
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,9 @@ import tensorflow as tf
 
 import config
 import data_generator as dg
+import data_service
 import tf_pipeline as tp
+import utils
 from test_data_generator import (batches, cell_pixel, dot_image, people, standing_person,
                                  tiny_cfg, write_dataset, bright_centroid, good_entries)
 
@@ -118,11 +121,48 @@ def test_tf_targets_by_hand():
     assert tuple(pafs[4, 2, [cx, cy]]) == (1.0, 0.0)
 
 
-# ------------------------------------------------------------------------------ real layouts
-def aic_layouts(limit):
-    """(keypoints (P, 14, 3), boxes (P, 4), width, height) of the shared real annotations."""
+# ------------------------------------------------------------------------------ AIC layouts
+# Joint positions of a standing person, as fractions of its height from the head top (x, y).
+SKELETON = np.array([(-.12, .2), (-.15, .35), (-.16, .5), (.12, .2), (.15, .35), (.16, .5),
+                     (-.07, .52), (-.08, .75), (-.08, .98), (.07, .52), (.08, .75), (.08, .98),
+                     (0, 0), (0, .17)])
+
+
+def aic_like_layouts(count, seed):
+    """(keypoints (P, 14, 3), boxes (P, 4), width, height) shaped like AI Challenger's: 3 to 12
+    people of many sizes, often overlapping or cut by the image edge (their joints clipped to it,
+    as AIC's are), v = 1, 2 and 3 mixed (v = 3 at (0, 0)); one person in four or so has no
+    labelled joint (a masked box), and now and then one has no box."""
+    rng = np.random.default_rng(seed)
+    layouts = []
+    for number in range(count):
+        width, height = float(rng.integers(200, 1400)), float(rng.integers(200, 1000))
+        size = int(rng.choice([3, 4, 6, 12]))  # people padded to 4, 8 or 16: three kernels
+        heights = rng.uniform(30, 1.2 * height, size)
+        tops = rng.uniform([0, -0.2 * height], [width, height], (size, 2))
+        turns = rng.uniform(-0.6, 0.6, size)
+        rotation = np.stack([np.cos(turns), -np.sin(turns), np.sin(turns), np.cos(turns)],
+                            1).reshape(size, 2, 2)
+        points = tops[:, None] + np.einsum("pij,kj->pki", rotation, SKELETON) * heights[:, None,
+                                                                                          None]
+        points = np.clip(points + rng.normal(0, 3, points.shape), 0, [width - 1, height - 1])
+        flags = rng.choice([1, 2, 3], (size, J), p=[0.6, 0.25, 0.15])
+        flags[rng.uniform(size=size) < 0.25] = config.UNLABELLED
+        keypoints = np.concatenate([points, flags[..., None].astype(float)], axis=2)
+        keypoints[flags == config.UNLABELLED] = (0.0, 0.0, config.UNLABELLED)
+        boxes = np.concatenate([points.min(axis=1) - 5, points.max(axis=1) + 5], axis=1)
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        boxes[rng.uniform(size=size) < 0.08] = np.nan
+        layouts.append((keypoints, boxes, width, height))
+    return layouts
+
+
+def shared_aic_layouts(limit):
+    """The first `limit` images of the shared real annotations as layouts, or [] where they are
+    not on this machine (in CI); they carry no image sizes, so the people's extent plus a
+    margin stands in."""
     if not os.path.isfile(SHARED_ANNOTATIONS):
-        pytest.skip("the shared AI Challenger annotations are not on this machine")
+        return []
     with open(SHARED_ANNOTATIONS) as handle:
         images = json.load(handle)[:limit]
     layouts = []
@@ -131,48 +171,63 @@ def aic_layouts(limit):
         keypoints = np.array([image["keypoint_annotations"][name] for name in names],
                              float).reshape(-1, J, 3)
         boxes = np.array([image["human_annotations"][name] for name in names], float)
-        # The annotations have no image sizes; the people's extent plus a margin stands in.
         extent = np.concatenate([keypoints[..., :2].reshape(-1, 2), boxes.reshape(-1, 2)])
         width, height = extent.max(axis=0) + 20
         layouts.append((keypoints, boxes, float(width), float(height)))
     return layouts
 
 
-@pytest.mark.parametrize("preset", ["paper", "cpu"])
-def test_training_plan_equals_the_numpy_geometry_and_targets_on_real_layouts(preset):
-    """The XLA-compiled plan of the pipeline against the numpy functions, given the same draws."""
-    cfg = config.make_config(preset)
+def graph_transform():
+    """tp.training_transform and tp.transform_keypoints in one function, traced once."""
+    scalar = tf.TensorSpec([], tf.float64)
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([None, J, 3], tf.float64), tf.TensorSpec([None, 4], tf.float64), scalar,
+        scalar, tf.TensorSpec([tp.NUM_DRAWS], tf.float64)])
+    def transform(keypoints, boxes, width, height, draws):
+        matrix, flipped = tp.training_transform(cfg, keypoints, boxes, width, height, draws)
+        return flipped, tp.transform_keypoints(keypoints, matrix, flipped)
+
+    # The paper preset, with the padding masked too so that both parts of the mask are checked.
+    cfg = config.make_config("paper", ignore_padding=True)
+    return cfg, transform
+
+
+def test_training_plan_equals_the_numpy_oracle_on_aic_layouts():
+    """The XLA-compiled plan (targets and mask) and the graph geometry against the numpy
+    functions, given the same draws, on AIC-like layouts (and on the shared real ones where
+    they are present)."""
+    cfg, transform = graph_transform()
     grid = (cfg.input_size // cfg.stride,) * 2
     rng = np.random.default_rng(13)
     checked = collections.Counter()
-    for keypoints, boxes, width, height in aic_layouts(60):
+    for keypoints, boxes, width, height in aic_like_layouts(16, 7) + shared_aic_layouts(24):
         draws = rng.uniform(size=tp.NUM_DRAWS)
-        heatmaps, pafs, mask, *_ = tp.planned(
-            cfg, tf.constant(keypoints), tf.constant(boxes), tf.constant(width, tf.float64),
-            tf.constant(height, tf.float64), tf.constant([int(height), int(width)]),
-            tf.constant(True), tf.constant(draws))
-        matrix, flipped = dg.training_transform(cfg, keypoints, boxes, width, height,
-                                                Draws(draws))
-        moved = dg.transform_keypoints(keypoints, matrix, flipped)
-        tf_matrix, tf_flipped = tp.training_transform(
-            cfg, tf.constant(keypoints), tf.constant(boxes), tf.constant(width, tf.float64),
-            tf.constant(height, tf.float64), tf.constant(draws))
-        assert bool(tf_flipped) == flipped
-        tf_moved = tp.transform_keypoints(tf.constant(keypoints), tf_matrix, tf_flipped).numpy()
-        np.testing.assert_array_equal(tf_moved[..., 2], moved[..., 2])
-        np.testing.assert_allclose(tf_moved[..., :2], moved[..., :2], rtol=0, atol=1e-3)
-        want_heatmaps, want_pafs = dg.render_targets(moved, grid, cfg.stride,
-                                                     cfg.heatmap_sigma, cfg.paf_width)
-        np.testing.assert_allclose(heatmaps.numpy(), want_heatmaps, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(pafs.numpy(), want_pafs, rtol=0, atol=1e-5)
-        hidden = dg.unannotated_boxes(keypoints, boxes, width, height)
-        want_mask = dg.loss_mask(matrix, width, height, grid, cfg.stride, hidden,
-                                 cfg.ignore_padding)
-        np.testing.assert_array_equal(mask.numpy(), want_mask)
-        checked["samples"] += 1
+        arguments = (tf.constant(keypoints), tf.constant(boxes), tf.constant(width, tf.float64),
+                     tf.constant(height, tf.float64))
+        heatmaps, pafs, mask, *_ = tp.planned(cfg, *arguments, tf.constant([int(height),
+                                                                            int(width)]),
+                                              tf.constant(True), tf.constant(draws))
+        flipped, moved = transform(*arguments, tf.constant(draws))
+        want_matrix, want_flipped = dg.training_transform(cfg, keypoints, boxes, width, height,
+                                                          Draws(draws))
+        want = dg.sample_targets(cfg, want_matrix, want_flipped, keypoints, boxes, width, height)
+        assert bool(flipped) == want_flipped
+        np.testing.assert_array_equal(moved.numpy()[..., 2], want["keypoints"][..., 2])
+        np.testing.assert_allclose(moved.numpy()[..., :2], want["keypoints"][..., :2], rtol=0,
+                                   atol=1e-3)
+        np.testing.assert_allclose(heatmaps.numpy(), want["heatmaps"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(pafs.numpy(), want["pafs"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(mask.numpy(), want["mask"])
+        inside = (np.abs(want["keypoints"][..., :2] - (cfg.input_size - 1) / 2)
+                  <= cfg.input_size / 2).all(axis=-1)
         checked["people"] += len(keypoints)
-        checked["limb cells"] += int((np.abs(want_pafs) > 0).sum())
-    assert checked["samples"] == 60 and checked["people"] > 100 and checked["limb cells"] > 1000
+        checked["joints past the crop"] += int(((want["keypoints"][..., 2] < 3) & ~inside).sum())
+        checked["limb cells"] += int((np.abs(want["pafs"]) > 0).sum())
+        checked["masked people"] += len(dg.unannotated_boxes(keypoints, boxes, width, height))
+        checked["masked cells"] += int((want["mask"] == 0).sum())
+    assert checked["people"] > 60 and checked["limb cells"] > 1000 and checked["masked people"] > 5
+    assert checked["joints past the crop"] > 20 and checked["masked cells"] > 100
 
 
 def test_letterbox_transform_equals_numpy():
@@ -212,7 +267,7 @@ def test_warp_equals_opencv_and_follows_the_keypoint(tmp_path, name, scale_max):
                    center_jitter=8, color_jitter=0.0, pad_value=0)
     keypoints, boxes = people({0: (x, y)}), np.array([[x - 100, y - 150, x + 100, y + 150]])
     rng = np.random.default_rng(5)
-    for _ in range(3):
+    for _ in range(2):
         draws = rng.uniform(size=tp.NUM_DRAWS)
         image, heatmaps, reason = tf_sample(cfg, path, (width, height), keypoints, boxes, draws)
         assert reason == 0 and image.shape == (96, 96, 3) and image.dtype == np.uint8
@@ -237,16 +292,73 @@ def test_colour_jitter_equals_opencv_within_rounding():
     assert np.array_equal(unchanged.numpy(), image)
 
 
-def test_samples_are_stateless_functions_of_the_seed_and_draw(tmp_path):
+def test_training_batches_depend_on_the_seed_only_not_on_the_threads(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(5))
     first = batches(dg.make_dataset(cfg, "train", True), 3)
-    again = batches(dg.make_dataset(cfg, "train", True), 3)
+    # One thread instead of tf.data's default pool: each sample's randomness comes from its
+    # key, and the map keeps the order, so the same batches come out.
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    again = batches(dg.make_dataset(cfg, "train", True).with_options(options), 3)
     for (a, ta), (b, tb) in zip(first, again):
         assert np.array_equal(a, b) and all(np.array_equal(ta[k], tb[k]) for k in ta)
-    import dataclasses
-
+    assert not np.array_equal(first[0][0], first[1][0])
     other = batches(dg.make_dataset(dataclasses.replace(cfg, seed=1), "train", True), 1)
     assert not np.array_equal(other[0][0], first[0][0])
+
+
+def test_training_shards_draw_disjoint_records_that_cover_the_set(tmp_path):
+    # Plain images, one grey level per record, large enough around their small person that no
+    # crop reaches their border: a sample's centre pixel is its record's level times the
+    # brightness jitter (1 +- 0.1, which keeps the levels apart).
+    levels = np.array([20, 60, 120, 200])
+    entries = [(f"im{number}.png", np.full((300, 400, 3), level, np.uint8),
+                [standing_person(200, 130, 40)], (400, 300)) for number, level in enumerate(levels)]
+    cfg = write_dataset(tmp_path, entries)
+    assert cfg.color_jitter <= 0.1
+    centre = cfg.input_size // 2
+    seen = []
+    for shard_index in (0, 1):
+        drawn = batches(dg.make_dataset(cfg, "train", True, shard=(2, shard_index)), 4)
+        values = np.concatenate([images[:, centre, centre, 0] for images, _ in drawn])
+        ratios = values[:, None] / levels[None, :]
+        assert (np.abs(ratios - 1).min(axis=1) <= 0.11).all()
+        seen.append(set(levels[np.abs(ratios - 1).argmin(axis=1)].tolist()))
+    assert seen == [{20, 120}, {60, 200}]
+
+
+def encoded(extension, image):
+    return cv2.imencode(extension, image)[1].tobytes()
+
+
+def test_file_checks_and_decoding_agree_with_utils_decode_image(tmp_path):
+    rng = np.random.default_rng(6)
+    picture = cv2.GaussianBlur(rng.integers(0, 256, (24, 36, 3), np.uint8), (0, 0), 2.0)
+    jpeg, png = encoded(".jpg", picture), encoded(".png", picture)
+    files = {"jpeg": jpeg, "png": png, "bmp": encoded(".bmp", picture),
+             "webp": encoded(".webp", picture), "grey png": encoded(".png", picture[:, :, 0]),
+             "jpeg without its end marker": jpeg[:-2], "png without IEND": png[:-12],
+             "gif": b"GIF89a" + bytes(40), "empty": b"", "text": b"no picture here\n",
+             "zip": b"PK\x03\x04" + bytes(30), "tiff": encoded(".tiff", picture)}
+    decoded = 0
+    for name, contents in files.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(contents)
+        try:
+            want = utils.read_image_rgb(str(path))
+        except utils.ImageError:
+            want = None
+        kind, reason = tp.readable_reason(tf.constant(contents), tf.constant(0))
+        if name == "tiff":  # the documented exception: TensorFlow has no TIFF decoder
+            assert want is not None and int(reason) > 0
+            continue
+        assert (int(reason) == 0) == (want is not None), name
+        if want is not None:
+            got = tp.decode(tf.constant(contents), kind, tf.constant(0)).numpy()
+            # libjpeg and libwebp behind both; JPEG's inverse DCT may round a level apart.
+            assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1, name
+            decoded += 1
+    assert decoded == 5
 
 
 @pytest.mark.parametrize("pipeline", ["tf", "numpy"])
@@ -262,8 +374,6 @@ def test_missing_corrupt_and_undecodable_files_are_skipped_and_counted(tmp_path,
                ("broken_header.jpg", broken_header, [person], (80, 60)),
                ("good.jpg", picture, [person], (80, 60))]
     cfg = write_dataset(tmp_path, entries, split="val")
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, pipeline=pipeline)
     counts = collections.Counter()
     with caplog.at_level("WARNING", logger="data_generator"):
@@ -282,8 +392,6 @@ def test_missing_corrupt_and_undecodable_files_are_skipped_and_counted(tmp_path,
 
 def test_unknown_pipeline_and_service_with_numpy_are_refused(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(2))
-    import dataclasses
-
     with pytest.raises(ValueError, match="pipeline"):
         dg.make_dataset(dataclasses.replace(cfg, pipeline="opencv"), "train", True)
     with pytest.raises(ValueError, match="graph ops"):
@@ -293,18 +401,18 @@ def test_unknown_pipeline_and_service_with_numpy_are_refused(tmp_path):
 
 
 def test_tf_data_service_serves_the_training_batches(tmp_path):
-    service = tf.data.experimental.service
-    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
-    worker = service.WorkerServer(service.WorkerConfig(
-        dispatcher_address=dispatcher.target.split("://")[1], port=0))
-    cfg = write_dataset(tmp_path, good_entries(6))
-    import dataclasses
-
-    served = dataclasses.replace(cfg, data_service_address=dispatcher.target)
-    drawn = batches(dg.make_dataset(served, "train", True), 4)
-    local = batches(dg.make_dataset(cfg, "train", True), 1)
+    """A local dispatcher and one worker, started as data_service.py starts them."""
+    dispatcher = data_service.start_server("dispatcher", 0)
+    worker = data_service.start_server("worker", 0, dispatcher.target.split("://")[1],
+                                       host="localhost")
+    cfg = dataclasses.replace(write_dataset(tmp_path, good_entries(6)),
+                              data_service_address=dispatcher.target)
+    drawn = batches(dg.make_dataset(cfg, "train", True), 4)
     assert len(drawn) == 4
+    size, grid = cfg.input_size, cfg.input_size // cfg.stride
     for images, targets in drawn:
-        assert images.shape == local[0][0].shape and images.dtype == np.float32
+        assert images.shape == (cfg.batch_size, size, size, 3) and images.dtype == np.float32
+        assert targets["heatmaps"].shape == (cfg.batch_size, grid, grid, config.NUM_HEATMAPS)
         assert targets["heatmaps"][..., :J].max() > 0.5 and np.isfinite(targets["pafs"]).all()
+    assert not np.array_equal(drawn[0][0], drawn[1][0])
     del worker, dispatcher
