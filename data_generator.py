@@ -710,14 +710,22 @@ def make_dataset(cfg, split, training, shard=None, input_context=None, skip_coun
     else:
         samples = _numpy_samples(cfg, records, dataset.enumerate(), training, shard_index,
                                  skip_counts)
-    # Both pipelines give uint8 images; the batch copies them on parallel threads, and the cast
-    # to float32 happens once per batch.
-    dataset = samples.batch(batch_size, drop_remainder=training,
-                            num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(_cast_images, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = batched(samples, batch_size, training)
     if service:
         dataset = distribute_on_service(dataset, cfg.data_service_address)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def batched(samples, batch_size, training):
+    """Batches of float32 images and their targets from unbatched (uint8 image, targets) pairs;
+    training drops a short last batch."""
+    import tensorflow as tf
+
+    # Both pipelines give uint8 images: the batch copies a quarter of the bytes (on parallel
+    # threads), and the cast to float32 happens once per batch.
+    dataset = samples.batch(batch_size, drop_remainder=training,
+                            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(_cast_images, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _numpy_samples(cfg, records, indices, training, shard_index, skip_counts):

@@ -163,7 +163,7 @@ def render_pafs(keypoints, grid_shape, stride, paf_width):
     within the segment and its distance from the line is <= paf_width cells (the float64
     arithmetic of data_generator._cells_on_limbs, so that cells on a limb's edge are decided
     alike). The unit vectors and the number of people on each (limb, cell) are summed over the
-    people and the sums divided by the counts.
+    people (in float32) and the sums divided by the counts.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     starts, units, lengths = limb_instances(keypoints, stride)
@@ -176,12 +176,13 @@ def render_pafs(keypoints, grid_shape, stride, paf_width):
     along = (dx * ux - half)[:, :, None, :] + (dy * uy)[:, :, :, None]  # (P, L, rows, cols)
     across = (dx * uy)[:, :, None, :] - (dy * ux)[:, :, :, None]
     on = tf.cast((tf.abs(along) <= half[..., None] + dg.BOUNDARY_EPSILON)
-                 & (tf.abs(across) <= paf_width + dg.BOUNDARY_EPSILON), F64)
-    counts = tf.maximum(tf.reduce_sum(on, axis=0), 1.0)  # (L, rows, cols)
-    fields = tf.stack([tf.reduce_sum(on * ux[..., None], axis=0) / counts,
-                       tf.reduce_sum(on * uy[..., None], axis=0) / counts], axis=-1)
-    fields = tf.transpose(fields, [1, 2, 0, 3])  # (rows, cols, L, 2)
-    return tf.reshape(tf.cast(fields, tf.float32), [rows, cols, 2 * NUM_LIMBS])
+                 & (tf.abs(across) <= paf_width + dg.BOUNDARY_EPSILON), tf.float32)
+    # The count and the two unit-vector sums over the people as one contraction (a small matrix
+    # product that reads `on` once); float32 sums of at most P unit vectors stay within 1e-7.
+    weights = tf.cast(tf.concat([tf.ones_like(units[..., :1]), units], axis=-1), tf.float32)
+    sums = tf.einsum("plrc,plk->rclk", on, weights)  # (rows, cols, L, 3): count, x, y
+    fields = sums[..., 1:] / tf.maximum(sums[..., :1], 1.0)
+    return tf.reshape(fields, [rows, cols, 2 * NUM_LIMBS])
 
 
 def render_targets(keypoints, grid_shape, stride, sigma, paf_width):
@@ -903,14 +904,27 @@ def sample_dataset(cfg, records, indices, training, shard_index, reporter=None):
 
     records: data_generator.Records; indices: dataset of (draw, index) int64 pairs (the shuffled,
     sharded, enumerated record indices of make_dataset); reporter: see keep_function. The
-    samples are made by a parallel, order-preserving map of graph ops; skipped ones are
-    counted, logged and dropped.
+    samples are made by a parallel, order-preserving map of graph ops (made_samples); skipped
+    ones are counted, logged and dropped (checked_samples).
     """
-    tensors = RecordTensors(records)
-    make = sample_function(cfg, tensors, training, shard_index)
+    return checked_samples(made_samples(cfg, records, indices, training, shard_index), reporter)
+
+
+def made_samples(cfg, records, indices, training, shard_index):
+    """The map's dataset of sample_function tuples, bad files included (their reason > 0)."""
+    make = sample_function(cfg, RecordTensors(records), training, shard_index)
     # The functions are graph ops already; AutoGraph's conversion would only slow the tracing.
+    return indices.map(tf.autograph.experimental.do_not_convert(make),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def checked_samples(samples, reporter=None):
+    """(image, targets) pairs of made_samples' good samples; the others counted and reported.
+
+    These stages see every sample one after another (the scan must), so they are the serial
+    part of the pipeline; benchmarks/bench_pipeline.py times them alone.
+    """
     plain = tf.autograph.experimental.do_not_convert
-    samples = indices.map(plain(make), num_parallel_calls=tf.data.AUTOTUNE)
     # Only a file that passed every check and still failed to decode raises in the map.
     samples = samples.ignore_errors(log_warning=True)
     start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
