@@ -142,7 +142,9 @@ AUGMENTATION = "augmentation"  # Random sample transforms and the loss mask.
 TRAINING = "training"  # Optimisation and run control; free to change on --resume.
 TRAINING_STATE = "training_state"  # Shapes the saved optimiser state: fixed on --resume.
 INFERENCE = "inference"  # Test-time scales and the parser; free to change for any checkpoint.
-ROLES = (PATHS, DATA, ARCHITECTURE, TARGETS, AUGMENTATION, TRAINING, TRAINING_STATE, INFERENCE)
+VIDEO = "video"  # How demo.py follows people through a video; free to change for any checkpoint.
+ROLES = (PATHS, DATA, ARCHITECTURE, TARGETS, AUGMENTATION, TRAINING, TRAINING_STATE, INFERENCE,
+         VIDEO)
 
 
 def _role(role):
@@ -157,6 +159,7 @@ def _role(role):
 paths, data, architecture, targets = _role(PATHS), _role(DATA), _role(ARCHITECTURE), _role(TARGETS)
 augmentation, training = _role(AUGMENTATION), _role(TRAINING)
 training_state, inference = _role(TRAINING_STATE), _role(INFERENCE)
+video = _role(VIDEO)
 
 
 @dataclass
@@ -268,8 +271,9 @@ class Config:
     limb_matching: str = inference("optimal")
     # Join split people when gap <= ratio*limbs*limb length.
     fragment_join_ratio: float = inference(1.0)
-    # more_than: > paf_min_fraction pass (the original) | at_least.
-    limb_acceptance: str = inference("more_than")
+    # at_least: >= paf_min_fraction of the samples pass | more_than: > (the original, 9 of 10);
+    # at_least scored higher on the oracle and on the quick-start model (README, Results).
+    limb_acceptance: str = inference("at_least")
     # Fuse scales on the largest scale's grid x this (0: image pixels).
     fusion_upsample: int = inference(2)
     # Pad input widths to a multiple of this (pixels): shared batches.
@@ -277,6 +281,23 @@ class Config:
     inference_batch: int = inference(8)  # Network inputs per call (images and mirror images).
     inference_chunk: int = inference(32)  # Images per network round; parsing overlaps the next.
     integer_output: bool = inference(False)  # Round submission coordinates to whole pixels.
+    # CPU threads of ONNX Runtime, LiteRT and TensorFlow (0: every core of the machine).
+    runtime_threads: int = inference(0)
+
+    # Video (demo.py --video): tracking people across frames and smoothing their keypoints.
+    # A detection continues a track when their keypoint similarity (OKS) is at least this.
+    track_min_oks: float = video(0.2)
+    # Tracking's OKS tolerances are the metric's per-keypoint constants times this: people
+    # move between frames, and the metric's constants allow for annotation noise only.
+    track_oks_scale: float = video(4.0)
+    # Frames a track may go unmatched (occluded, missed) before its id retires.
+    track_max_missed: int = video(4)
+    # One-Euro smoothing of tracked keypoints (drawings and track lines; never --json).
+    temporal_smoothing: bool = video(True)
+    one_euro_min_cutoff: float = video(1.0)  # Cutoff (Hz) at rest: lower smooths more.
+    # Cutoff increase per pixel/s of speed: higher lags less on fast moves.
+    one_euro_beta: float = video(0.05)
+    one_euro_derivative_cutoff: float = video(1.0)  # Cutoff (Hz) of the speed estimate.
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -300,6 +321,21 @@ def changed_fields(before, after, roles):
     """[(name, before value, after value)] of the fields of `roles` that differ."""
     return [(name, getattr(before, name), getattr(after, name))
             for name in fields_with_role(*roles) if getattr(before, name) != getattr(after, name)]
+
+
+def inference_config(saved, overrides):
+    """The config to run a trained network with: `saved` (its run's config) with `overrides`
+    ({field: value}, the command line's) on top.
+
+    Only fields of the INFERENCE, VIDEO and PATHS roles may be overridden; the others describe
+    the network or how it was trained, so ValueError names the first one given.
+    """
+    allowed = fields_with_role(INFERENCE, VIDEO, PATHS)
+    fixed = [name for name in overrides if name not in allowed]
+    if fixed:
+        raise ValueError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only inference "
+                         f"settings and paths can be changed: {', '.join(allowed)}")
+    return dataclasses.replace(saved, **overrides)
 
 
 # Presets are overrides of the paper defaults. `cpu` trains a useful model on two cores: a
@@ -342,6 +378,9 @@ PRESETS = {
         inference_height=160,
         scales=(1.0, 1.5, 2.0),
         flip_test=True,
+        # The small network's maps hold weak duplicate people (left/right confusions) that the
+        # fine fusion grid resolves; dropping people below 0.6 scored best (README, Results).
+        min_person_score=0.6,
     ),
 }
 

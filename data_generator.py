@@ -15,16 +15,12 @@ Samples
     [scale_min, scale_max]), a rotation of +-max_rotation degrees, a crop of input_size centred on
     the person with +-center_jitter pixels of jitter, and a horizontal flip that swaps left and
     right joints (config.FLIP_JOINTS). An image without annotated people is centred and fitted
-    into the crop instead. Keypoints go through the same matrix and keep their label when they
-    leave the crop, as the original's data layer keeps them: a joint a few pixels outside still
-    lights the edge cells with its Gaussian's tail, and a limb that crosses the border still
-    has its PAF on the cells inside the crop along it. (Dropping them would teach the network
-    that a wrist just past the border leaves no trace on the cells next to it.) Mild colour
-    jitter (brightness, contrast, saturation, each a factor in
-    1 +- color_jitter) is applied after the warp, so the grey padding is jittered too; the loss
-    ignores padding anyway. Validation: the whole image is resized (INTER_AREA) to fit
-    input_size and padded at the bottom/right (a letterbox with its origin at the top left, so
-    that mapping back to the image is a plain division), with no randomness at all.
+    into the crop instead. Keypoints go through the same matrix and keep their labels when they
+    leave the crop (the README tells why). Colour jitter (brightness, contrast, saturation, each
+    a factor in 1 +- color_jitter) is applied after the warp, so the grey padding is jittered
+    too. Validation: the whole image is resized (INTER_AREA) to fit input_size and padded at the
+    bottom/right (a letterbox with its origin at the top left, so that mapping back to the
+    image is a plain division), with no randomness at all.
 
     Large JPEGs that are going to be shrunk by 2x or more are decoded at 1/2, 1/4 or 1/8 size
     by libjpeg's DCT scaling (``cv2.IMREAD_REDUCED_COLOR_*``): several times faster than a full

@@ -3,47 +3,49 @@
     python demo.py                                   # newest best checkpoint in models/ on images/samples/
     python demo.py --image photo.jpg --model models/cpu/best.keras
     python demo.py --image DIR --json predictions.json   # AI Challenger submission format
-    python demo.py --video clip.mp4                  # writes clip_pose.mp4 beside it
-    python demo.py --video 0 --max-frames 300        # camera 0
+    python demo.py --video clip.mp4                  # writes clip_pose.mp4 and clip_pose.jsonl
+    python demo.py --video 0 --max-frames 300 --show # camera 0, in a window (GUI OpenCV)
+    python demo.py --model models/cpu/best.onnx      # an exported model (export.py), no TensorFlow
     python demo.py --image photo.jpg --show-maps left_elbow          # a part's heatmap
     python demo.py --image photo.jpg --show-maps right_elbow-right_wrist  # a limb's PAF
 
 Results are written beside the inputs (or into --output DIR) as <name>_pose.<ext>, and map
 overlays as <name>_maps_<map>.jpg; files with those suffixes are never read as inputs. Every
 output is written atomically. The inference settings (--scales, --flip, --peak-threshold, ...)
-start from the checkpoint's config.json and can be overridden here.
+start from the checkpoint's config.json (an exported model's sidecar JSON) and can be
+overridden here.
+
+In a video, people keep an id from frame to frame (tracking.py: keypoint similarity, Hungarian
+pairing, ids kept through --track_max_missed missed frames) and their keypoints are smoothed
+by a One-Euro filter (--temporal_smoothing false turns it off). The drawing shows ids and the
+processing rate; <name>_pose.jsonl holds one JSON line per frame: {"frame", "time" (seconds),
+"people": [{"id", "keypoints": 14 x [x, y, score]}]}. --json entries are never smoothed, so
+they score as single images do.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import os
 import sys
+import time
 
 import cv2
 import numpy as np
 
 import config
 import inference
+import runtimes
+import tracking
 import utils
 from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIX = "_pose"
 MAPS_SUFFIX = "_maps_"
 DEFAULT_IMAGES_DIR = os.path.join("images", "samples")
-# Config fields that may differ from the checkpoint's: inference and parsing settings only
-# (the network's geometry is fixed by the checkpoint).
-INFERENCE_FIELDS = (
-    "inference_height", "scales", "flip_test", "peak_threshold", "peak_smoothing",
-    "paf_threshold", "paf_samples", "paf_min_fraction", "min_parts", "min_person_score",
-    "pad_value", "limb_matching", "fragment_join_ratio", "max_peaks_per_joint", "models_dir",
-    "limb_acceptance", "fusion_upsample", "input_bucket", "inference_batch", "inference_chunk",
-    "integer_output",
-)
+WINDOW_NAME = "demo.py (q or Esc to stop)"
 TRAIN_HINT = "train one with `python train.py --preset cpu` or pass --model PATH"
 
 
@@ -72,34 +74,13 @@ def explicit_overrides(args):
     return overrides
 
 
-def inference_config(checkpoint_cfg, overrides):
-    """The checkpoint's config with the command line's inference settings on top."""
-    fixed = sorted(set(overrides) - set(INFERENCE_FIELDS))
-    if fixed:
-        raise DemoError(f"--{fixed[0]} is fixed by the checkpoint's config.json; only these "
-                        f"settings can be changed: {', '.join(INFERENCE_FIELDS)}")
-    return dataclasses.replace(checkpoint_cfg, **overrides)
-
-
-def load_network(path):
-    """model.load_checkpoint(path) with one-line errors; (model, checkpoint config)."""
-    import model as model_module
-
+def load_network(path, overrides):
+    """(network, config) of runtimes.load_for_inference, the one loader demo and evaluate
+    share (a .keras checkpoint or an exported model); DemoError with a hint when the file is
+    missing. RuntimeLoadError (a ValueError) names any other problem in one line."""
     if not os.path.exists(path):
         raise DemoError(f"{path}: checkpoint not found; {TRAIN_HINT}")
-    try:
-        network, cfg = model_module.load_checkpoint(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise DemoError(f"{path}: cannot load this checkpoint with its config.json (built for "
-                        f"another configuration or skeleton?): {message}")
-    heatmap_channels = network.outputs[-1].shape[-1]
-    paf_channels = network.outputs[-2].shape[-1]
-    if (heatmap_channels, paf_channels) != (config.NUM_HEATMAPS, config.NUM_PAFS):
-        raise DemoError(f"{path}: the network outputs {heatmap_channels} heatmap and "
-                        f"{paf_channels} PAF channels but config.py's skeleton needs "
-                        f"{config.NUM_HEATMAPS} and {config.NUM_PAFS}")
-    return network, cfg
+    return runtimes.load_for_inference(path, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +98,7 @@ def collect_images(paths):
     for path in paths:
         if os.path.isdir(path):
             names = sorted(name for name in os.listdir(path)
-                           if name.lower().endswith(IMAGE_EXTENSIONS))
+                           if name.lower().endswith(utils.IMAGE_EXTENSIONS))
             found += [os.path.join(path, name) for name in names
                       if not is_output_file(name)]
         elif os.path.exists(path):
@@ -131,9 +112,22 @@ def output_path(path, out_dir, suffix, extension=None):
     """<out_dir or path's folder>/<stem><suffix><extension or path's extension>."""
     stem, original_extension = os.path.splitext(os.path.basename(path))
     extension = extension or (original_extension if original_extension.lower()
-                              in IMAGE_EXTENSIONS else ".jpg")
+                              in utils.IMAGE_EXTENSIONS else ".jpg")
     return os.path.join(out_dir or os.path.dirname(os.path.abspath(path)),
                         stem + suffix + extension)
+
+
+def check_outputs(args, paths):
+    """Raise utils.OutputError, before any work, when an output of this run cannot be written:
+    the --json file, the video, or a drawing in any of the folders the drawings go to."""
+    targets = [args.json] if args.json else []
+    if args.video:
+        targets.append(video_output_path(args.video, args.output))
+    else:  # One drawing per folder stands for all the drawings there.
+        drawings = [output_path(path, args.output, OUTPUT_SUFFIX) for path in paths]
+        targets += list({os.path.dirname(drawing): drawing for drawing in drawings}.values())
+    for target in targets:
+        utils.check_writable(target)
 
 
 def write_image(path, image_bgr):
@@ -173,10 +167,11 @@ def _person_label(canvas, person, number, sizes):
                     color, width, cv2.LINE_AA)
 
 
-def draw_people(image_bgr, people):
+def draw_people(image_bgr, people, labels=None):
     """A copy of the image with each person's limbs (config.LIMB_COLORS), joints
-    (config.JOINT_COLORS, black rims) and number (1 = best score). people: (N, 14, 3) of
-    (x, y, score) in this image's pixels, score 0 for missing joints."""
+    (config.JOINT_COLORS, black rims) and label: labels[i] (a video's track ids), by default
+    the number 1, 2, ... (1 = best score). people: (N, 14, 3) of (x, y, score) in this image's
+    pixels, score 0 for missing joints."""
     canvas = np.ascontiguousarray(image_bgr).copy()
     sizes = drawing_sizes(canvas.shape)
     thickness, radius, _ = sizes
@@ -190,8 +185,10 @@ def draw_people(image_bgr, people):
             if person[joint, 2] > 0:
                 cv2.circle(canvas, points[joint], radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
                 cv2.circle(canvas, points[joint], radius, color, -1, cv2.LINE_AA)
-    for number, person in enumerate(np.asarray(people).reshape(-1, len(JOINT_NAMES), 3), 1):
-        _person_label(canvas, person, number, sizes)
+    people = np.asarray(people).reshape(-1, len(JOINT_NAMES), 3)
+    labels = range(1, len(people) + 1) if labels is None else labels
+    for label, person in zip(labels, people):
+        _person_label(canvas, person, label, sizes)
     return canvas
 
 
@@ -366,51 +363,148 @@ def _open_writer(path, frame, fps):
     return writer
 
 
-def _annotate_video(network, cfg, capture, writer_path, args):
-    """Read, estimate (batched stream, frames in order), draw and write every frame; returns
-    (entries, frames written)."""
+def warn_if_cut(source, frames_read, announced):
+    """Warn on stderr when a video file gave fewer frames than its container announces: OpenCV
+    ends a cut or damaged file at the first frame it cannot decode, without an error."""
+    if 0 < frames_read < announced:
+        print(f"warning: {source}: only {frames_read} of the {announced} frames the file "
+              "announces could be read; the rest is cut off or damaged", file=sys.stderr)
+
+
+
+def check_gui():
+    """DemoError unless OpenCV can open a window here (--show); the headless build, the
+    project's default dependency, has no GUI at all."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        raise DemoError("--show needs a display, and this session has none (DISPLAY is not "
+                        "set); the annotated video is written without --show")
+    try:
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise DemoError("--show needs OpenCV with a GUI, but this OpenCV has none (the "
+                        "opencv-python-headless build, the default dependency); install "
+                        "opencv-python instead, or leave out --show (the annotated video is "
+                        "written anyway)")
+
+
+def track_line(frame, time, ids, people):
+    """One line of the tracks file (JSON): {"frame", "time" (s), "people": [{"id",
+    "keypoints": 14 x [x, y, score]}]}, coordinates to COORDINATE_DECIMALS."""
+    decimals = inference.COORDINATE_DECIMALS
+    entries = [{"id": int(track_id),
+                "keypoints": [[round(float(x), decimals), round(float(y), decimals),
+                               round(float(score), 4)] for x, y, score in person]}
+               for track_id, person in zip(ids, np.asarray(people))]
+    return json.dumps({"frame": frame, "time": round(float(time), 4), "people": entries})
+
+
+def draw_rate(canvas, rate):
+    """Write the processing rate ("12.3 fps") in the top-left corner, in place."""
+    thickness, _, font_scale = drawing_sizes(canvas.shape)
+    origin = (8, int(24 * font_scale) + 8)
+    for color, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), max(1, thickness // 2))):
+        cv2.putText(canvas, f"{rate:.1f} fps", origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    color, width, cv2.LINE_AA)
+
+
+class VideoAnnotator:
+    """Per frame of a video: track ids (tracking.Tracker), smoothed keypoints, the drawing
+    with ids and processing rate, its tracks line, and the live window.
+
+    fps: the video's frame rate (a file's frame times are index / fps); live: a camera, whose
+    frame times are seconds since the start; show: a window opened with check_gui.
+    """
+
+    def __init__(self, cfg, fps, live=False, show=False):
+        self.tracker, self.fps, self.live, self.show = tracking.Tracker(cfg), fps, live, show
+        self.started, self.frames = time.monotonic(), 0
+
+    def rate(self):
+        """Frames processed per second of wall time so far."""
+        return self.frames / max(time.monotonic() - self.started, 1e-9)
+
+    def annotate(self, frame_bgr, people):
+        """(drawn BGR frame, tracks line) of the next frame and the people found in it."""
+        moment = time.monotonic() - self.started if self.live else self.frames / self.fps
+        ids, smoothed = self.tracker.update(people, moment)
+        line = track_line(self.frames, moment, ids, smoothed)
+        self.frames += 1
+        drawn = draw_people(frame_bgr, smoothed, labels=ids.tolist())
+        draw_rate(drawn, self.rate())
+        return drawn, line
+
+    def display(self, drawn):
+        """Show the frame when asked; False once the viewer presses q or Esc."""
+        if not self.show:
+            return True
+        cv2.imshow(WINDOW_NAME, drawn)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+
+def _annotate_video(network, cfg, capture, writer_path, args, tracks_handle=None):
+    """Read, estimate (batched stream, frames in order), track, draw and write every frame;
+    returns (entries, frames written, frames per second). A camera is run one frame at a time
+    (no batching latency); --json entries hold the unsmoothed people."""
     from tqdm import tqdm
 
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # -1 or 0 when unknown
+    total = announced if announced > 0 else None
     if args.max_frames:
         total = min(total or args.max_frames, args.max_frames)
-    stem = "camera" + args.video if args.video.isdigit() else \
-        os.path.splitext(os.path.basename(args.video))[0]
+    live = args.video.isdigit()
+    stem = "camera" + args.video if live else os.path.splitext(os.path.basename(args.video))[0]
+    annotator = VideoAnnotator(cfg, fps, live, args.show)
     writer, entries, count = None, [], 0
     # The key handed back with each estimate is the BGR frame, for drawing.
     items = ((frame, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
              for frame in _frames(capture, args.max_frames))
+    stream = inference.estimate_poses_stream(network, items, cfg, chunk_size=1 if live else None)
     try:
         with tqdm(total=total, unit="frame", desc="video") as bar:
-            for frame, estimate in inference.estimate_poses_stream(network, items, cfg):
+            for frame, estimate in stream:
                 if writer is None:
                     writer = _open_writer(writer_path, frame, fps)
-                writer.write(draw_people(frame, estimate.people))
+                drawn, line = annotator.annotate(frame, estimate.people)
+                writer.write(drawn)
+                if tracks_handle is not None:
+                    tracks_handle.write(line + "\n")
                 entries.append(submission_entry(f"{stem}_{count:06d}", estimate.people,
                                                 cfg.integer_output))
                 count += 1
                 bar.update(1)
+                if not annotator.display(drawn):
+                    break
     except KeyboardInterrupt:
         print("interrupted: keeping the frames done so far", file=sys.stderr)
+        announced = 0  # Stopped by the user, not by the file.
     finally:
         if writer is not None:
             writer.release()
-    return entries, count
+        if args.show:
+            cv2.destroyAllWindows()
+    if not args.video.isdigit() and not (args.max_frames and count == args.max_frames):
+        warn_if_cut(args.video, count, announced)
+    return entries, count, annotator.rate()
 
 
 def process_video(network, cfg, args):
-    """Annotate a video file or camera stream into <name>_pose.mp4 (atomically)."""
+    """Annotate a video file or camera stream into <name>_pose.mp4 and its tracks as
+    <name>_pose.jsonl (both atomically)."""
     capture = open_video(args.video)
     destination = video_output_path(args.video, args.output)
+    tracks = os.path.splitext(destination)[0] + ".jsonl"
     try:
-        with utils.atomic_path(destination) as temporary:
-            entries, count = _annotate_video(network, cfg, capture, temporary, args)
+        with utils.atomic_path(destination) as temporary, utils.atomic_path(tracks) as lines:
+            with open(lines, "w", encoding="utf-8") as handle:
+                entries, count, rate = _annotate_video(network, cfg, capture, temporary, args,
+                                                       handle)
             if count == 0:
                 raise DemoError(f"{args.video}: no frame could be read from this video")
     finally:
         capture.release()
-    print(f"wrote {destination} ({count} frames)")
+    print(f"wrote {destination} and {tracks} ({count} frames, {rate:.2f} frames/s)")
     return entries
 
 
@@ -428,8 +522,9 @@ def build_parser():
     source.add_argument("--video", metavar="PATH|CAMERA",
                         help="a video file, or a camera index such as 0")
     parser.add_argument("--model", metavar="PATH",
-                        help="checkpoint (.keras, config.json beside it) or run folder; default: "
-                             "newest models/*/best.keras, else */last.keras")
+                        help="checkpoint (.keras, config.json beside it) or run folder, or a "
+                             "model exported by export.py (SavedModel folder, .onnx, .tflite); "
+                             "default: newest models/*/best.keras, else */last.keras")
     parser.add_argument("--output", metavar="DIR",
                         help="write results here instead of beside the inputs")
     parser.add_argument("--json", metavar="OUT",
@@ -442,6 +537,9 @@ def build_parser():
                         help="flip test: also run the mirror image (same as --flip-test)")
     parser.add_argument("--max-frames", "--max_frames", dest="max_frames", type=int, default=0,
                         help="stop a video or camera after this many frames (0: all)")
+    parser.add_argument("--show", action="store_true",
+                        help="video: also show the annotated frames in a window (needs OpenCV "
+                             "with a GUI, not the default headless build); q or Esc stops")
     config.add_config_arguments(parser)
     return parser
 
@@ -450,6 +548,8 @@ def run(args):
     """Do what the arguments ask; returns the exit status. Raises DemoError."""
     if args.show_maps:
         parse_map_spec(args.show_maps)  # fail before loading anything
+    if args.show:
+        check_gui()
     overrides = explicit_overrides(args)
     models_dir = overrides.get("models_dir", config.Config().models_dir)
     checkpoint = args.model or find_checkpoint(models_dir)
@@ -457,8 +557,8 @@ def run(args):
     if not args.video and not paths:
         where = ", ".join(args.image or [DEFAULT_IMAGES_DIR])
         raise DemoError(f"no images found in {where}; pass --image PATH or add .jpg/.png files")
-    network, checkpoint_cfg = load_network(checkpoint)
-    cfg = inference_config(checkpoint_cfg, overrides)
+    check_outputs(args, paths)
+    network, cfg = load_network(checkpoint, overrides)
     print(f"model {checkpoint}; scales {tuple(cfg.scales)}, flip test {cfg.flip_test}")
     skipped = []
     if args.video:
@@ -468,7 +568,7 @@ def run(args):
         where = args.output or "beside the inputs"
         print(f"{len(entries)} image(s) done, results {where}; {len(skipped)} skipped")
     if args.json:
-        utils.atomic_write_json(args.json, entries)
+        utils.write_json_output(args.json, entries)
         print(f"wrote {args.json} ({len(entries)} entries)")
     return 1 if skipped and not entries else 0
 
@@ -479,13 +579,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_frames < 0:
         parser.error("--max-frames must be >= 0")
+    if args.show and not args.video:
+        parser.error("--show needs --video")
     try:
         return run(args)
-    except DemoError as error:
+    except (DemoError, utils.OutputError) as error:
         print(f"demo.py: error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:  # e.g. invalid maps or settings found during inference
+    except ValueError as error:  # A checkpoint, settings or maps found wrong on the way.
         print(f"demo.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:  # A drawing that could not be written (a disk that filled up).
+        print(f"demo.py: error: {error.filename}: {utils.os_reason(error)}", file=sys.stderr)
         return 2
 
 

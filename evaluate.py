@@ -11,8 +11,8 @@ printed on the last line (``Score: %.8f``) is the number the challenge's publish
 prints, to the last digit. This script adds the command line, the model mode (a checkpoint run
 over a folder of images, batched: see inference.estimate_poses_stream) and the oracle mode
 (ground-truth maps rendered and parsed back: the ceiling the parser leaves to a perfect
-network). Unreadable files and malformed references exit with status 2 and a one-line error on
-stderr.
+network). Unreadable files, malformed references and output files that cannot be written
+(checked before the work) exit with status 2 and a one-line error on stderr.
 
 Diagnostics printed as a table before the score (and returned by ``aic_map``): AP at OKS 0.5
 and 0.75, missed and spurious people, and a per-keypoint accuracy (see aic_metric).
@@ -24,7 +24,6 @@ whole output parses; without it, warnings, the table and finally ``Score: %.8f``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -41,7 +40,6 @@ from aic_metric import (  # noqa: F401  (re-exported: evaluate.aic_map etc. keep
 )
 from config import JOINT_NAMES, NUM_JOINTS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 EXIT_INPUT_ERROR = 2
 # The oracle's canvas, when the image size is unknown, is the annotations' extent plus this
 # fraction (and a few pixels), so that people touching the extent are not cut by the border.
@@ -52,7 +50,7 @@ ORACLE_MARGIN_PIXELS = 8
 # --------------------------------------------------------------------------------------------
 # Oracle mode: ground-truth maps rendered and parsed back.
 # --------------------------------------------------------------------------------------------
-def _reference_keypoints(record):
+def reference_keypoints(record):
     """(P, 14, 3) float64 keypoints and (P, 4) boxes of a reference record."""
     names = list(record["keypoint_annotations"])
     keypoints = np.array([record["keypoint_annotations"][name] for name in names],
@@ -89,29 +87,43 @@ def oracle_grid(canvas, cfg):
     return factor, (rows, max(cols, 1))
 
 
-def oracle_image(record, cfg):
-    """Render one reference record's maps, parse them; (prediction dict, render_s, parse_s).
+def oracle_maps(record, cfg):
+    """(heatmaps, pafs, factor): a reference record's ground-truth maps, as a perfect network
+    would output them for its image resized by `factor` to cfg.inference_height rows.
 
-    Keypoints are scaled by the factor that makes the canvas cfg.inference_height high
-    (x_input = x * factor, the same convention parse_poses inverts with scale=(factor, factor)).
+    The maps are data_generator.render_targets of the keypoints scaled by the factor
+    (x_input = x * factor) on the grid of oracle_grid; heatmaps (rows, cols, NUM_HEATMAPS) and
+    pafs (rows, cols, NUM_PAFS) float32.
     """
     from data_generator import render_targets
-    from inference import parse_poses, people_to_aic
 
-    keypoints, boxes = _reference_keypoints(record)
+    keypoints, boxes = reference_keypoints(record)
     factor, grid_shape = oracle_grid(oracle_canvas(record, keypoints, boxes), cfg)
     scaled = keypoints.copy()
     scaled[:, :, :2] *= factor
-    started = time.perf_counter()
     heatmaps, pafs = render_targets(scaled, grid_shape, cfg.stride, cfg.heatmap_sigma,
                                     cfg.paf_width)
-    rendered = time.perf_counter()
+    return heatmaps, pafs, factor
+
+
+def oracle_entry(image_id, heatmaps, pafs, factor, cfg):
+    """The submission entry of oracle maps parsed back: inference.parse_poses inverts the
+    factor (scale=(factor, factor)), so coordinates are in the record's original pixels."""
+    from inference import parse_poses, people_to_aic
+
     people, _ = parse_poses(heatmaps, pafs, cfg, stride=cfg.stride, scale=(factor, factor),
                             offset=(0, 0))
-    parsed = time.perf_counter()
-    prediction = {"image_id": record["image_id"],
-                  "keypoint_annotations": people_to_aic(people, cfg.integer_output)}
-    return prediction, rendered - started, parsed - rendered
+    return {"image_id": image_id,
+            "keypoint_annotations": people_to_aic(people, cfg.integer_output)}
+
+
+def oracle_image(record, cfg):
+    """oracle_maps, then oracle_entry, of one reference record: (entry, render_s, parse_s)."""
+    started = time.perf_counter()
+    heatmaps, pafs, factor = oracle_maps(record, cfg)
+    rendered = time.perf_counter()
+    prediction = oracle_entry(record["image_id"], heatmaps, pafs, factor, cfg)
+    return prediction, rendered - started, time.perf_counter() - rendered
 
 
 def oracle_predictions(references, cfg, limit=None, progress=False):
@@ -151,7 +163,7 @@ def image_list(images_dir, references=None, limit=None):
     """
     try:
         files = sorted(name for name in os.listdir(images_dir)
-                       if name.lower().endswith(IMAGE_EXTENSIONS))
+                       if name.lower().endswith(utils.IMAGE_EXTENSIONS))
     except OSError as error:
         raise InputError(f"{images_dir}: cannot list images ({error.strerror or error})")
     by_id = {}
@@ -235,7 +247,7 @@ def report(result, args, extra=None):
     """Print the result (JSON line, or warnings + table + Score line); write --json_out."""
     ready = json_ready(result, extra)
     if args.json_out:
-        utils.atomic_write_json(args.json_out, ready, indent=2)
+        utils.write_json_output(args.json_out, ready, indent=2)
     if args.json:
         print(json.dumps(ready))
         return
@@ -267,9 +279,11 @@ def build_parser():
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--submit", metavar="PRED.json", help="score this submission file")
     mode.add_argument("--model", metavar="PATH",
-                      help="run this checkpoint (model.load_checkpoint) over --images with "
-                           "its own config.json; config options given here override it "
-                           "(--preset is not used)")
+                      help="run this checkpoint (its own config.json) or a model exported by "
+                           "export.py (SavedModel folder, .onnx, .tflite; config from its "
+                           "sidecar JSON) over --images (runtimes.load_for_inference); "
+                           "inference options given here override its config (--preset is "
+                           "not used)")
     mode.add_argument("--oracle", action="store_true",
                       help="render the reference's ground-truth maps, parse and score them")
     parser.add_argument("--ref", metavar="ANNOTATIONS.json",
@@ -301,9 +315,13 @@ def _check_arguments(parser, args):
         parser.error("--model needs --images DIR")
 
 
-def _inference_config(checkpoint_cfg, args):
-    """The checkpoint's config with the config options given on the command line on top."""
-    return dataclasses.replace(checkpoint_cfg, **config.overrides_from_args(args))
+def check_outputs(args):
+    """Raise utils.OutputError, before any work, when an output file of this run cannot be
+    written: --out (in model mode, predictions.json by default) and --json_out."""
+    out = args.out or ("predictions.json" if args.model else None)
+    for path in (out, args.json_out):
+        if path:
+            utils.check_writable(path)
 
 
 def run_submit(args):
@@ -313,7 +331,7 @@ def run_submit(args):
 
 
 def run_model(args):
-    import model as model_module
+    import runtimes
 
     references = load_json_list(args.ref, "reference") if args.ref else None
     if references is not None and args.limit is not None:
@@ -321,16 +339,15 @@ def run_model(args):
     if references is not None:
         parse_references(references)
     try:
-        network, checkpoint_cfg = model_module.load_checkpoint(args.model)
-    except (OSError, ValueError) as error:
-        detail = str(error) if args.model in str(error) else f"{args.model}: {error}"
-        raise InputError(f"cannot load the checkpoint: {detail}")
-    cfg = _inference_config(checkpoint_cfg, args)
+        network, cfg = runtimes.load_for_inference(args.model,
+                                                   config.overrides_from_args(args))
+    except ValueError as error:  # RuntimeLoadError included: one line naming the file.
+        raise InputError(str(error)) from error
     warnings = []
     items = image_list(args.images, references, args.limit)
     predictions = model_predictions(network, cfg, items, warnings, not args.no_progress)
     out = args.out or "predictions.json"
-    utils.atomic_write_json(out, predictions)
+    utils.write_json_output(out, predictions)
     if references is None:
         for warning in warnings:
             print("warning: " + warning, file=sys.stderr)
@@ -348,7 +365,7 @@ def run_oracle(args):
         references = references[:args.limit]
     predictions, timing = oracle_predictions(references, cfg, progress=not args.no_progress)
     if args.out:
-        utils.atomic_write_json(args.out, predictions)
+        utils.write_json_output(args.out, predictions)
     extra = {"render_ms_per_image": round(timing["render_ms"], 3),
              "parse_ms_per_image": round(timing["parse_ms"], 3)}
     report(aic_map(predictions, references), args, extra)
@@ -360,13 +377,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
+        check_outputs(args)
         if args.submit:
             run_submit(args)
         elif args.model:
             run_model(args)
         else:
             run_oracle(args)
-    except InputError as error:
+    except (InputError, utils.OutputError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return 0

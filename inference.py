@@ -53,8 +53,9 @@ INFERENCE_OPTIONS_HELP = (
     "Inference options: --scales and --flip_test choose the network passes; "
     "--fusion_upsample U fuses the scales on the largest scale's output grid made U times "
     "finer (default 2, as accurate as the original's fusion at image resolution; 0: at image "
-    "resolution, slow); --limb_acceptance more_than|at_least accepts a limb when more than "
-    "(the original) or at least paf_min_fraction of its samples pass --paf_threshold; "
+    "resolution, slow); --limb_acceptance at_least|more_than accepts a limb when at least "
+    "(default) or more than (the original) paf_min_fraction of its samples pass "
+    "--paf_threshold; "
     "--integer_output writes whole-pixel coordinates (default: sub-pixel, which the official "
     "metric scores exactly); --input_bucket, --inference_batch and --inference_chunk set the "
     "width buckets, network batch and images per round of the batched path (speed only).")
@@ -691,7 +692,8 @@ def network_function(model):
     A Keras model on the TensorFlow backend is wrapped once in a tf.function whose input shape
     is left open, so every input shape runs one traced graph: called eagerly, the network
     spends much of a small batch's time in per-layer Python overhead. Other callables (the
-    tests' stand-ins) are called as model(batch, training=False).
+    tests' stand-ins, and runtimes.py's exported models: SavedModel, ONNX Runtime, LiteRT) are
+    called as model(batch, training=False).
     """
     if model in _COMPILED:
         return _COMPILED[model]

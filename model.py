@@ -5,16 +5,14 @@
 its input itself (layer ``input_normalization``), so callers never do. The pixels are flipped
 to BGR, VGG's channel order, and then, by ``cfg.input_normalization``:
 
-* ``openpose`` (the ``paper`` preset): (BGR - 128) / 256, what the original's Caffe data layer
-  fed its ImageNet VGG19 and what the Keras ports (x / 256 - 0.5) feed theirs. The features
-  are then about 256 times smaller than VGG was trained with; the original's SGD learning rate
-  (4e-5), its N(0, 0.01) head initialisation and its summed Euclidean loss were tuned for
-  features that small. ``benchmarks/bench_recipe.py`` measures what happens otherwise.
+* ``openpose`` (the default): (BGR - 128) / 256, what the original's Caffe data layer fed its
+  ImageNet VGG19 (the Keras ports' x / 256 - 0.5).
 * ``imagenet``: BGR minus the ImageNet mean at 0..255 scale (keras.applications' "caffe" mode),
-  the scale the ImageNet weights were trained at. With the paper's SGD recipe at 368x368 this
-  diverges within a few steps; it is kept for other optimisers and learning rates.
+  the scale the ImageNet weights were trained at.
 
-ImageNet VGG19 weights are loaded the same way under both. Its outputs are the list
+ImageNet VGG19 weights are loaded the same way under both; why the paper's recipe needs
+``openpose`` is told in the README ("Input scaling") and measured by benchmarks/bench_recipe.py.
+Its outputs are the list
 
     [stage1_pafs, stage1_heatmaps, stage2_pafs, stage2_heatmaps, ..., stageT_pafs, stageT_heatmaps]
 
@@ -55,6 +53,8 @@ multipliers (``learning_rate_multiplier``) are here too, in keras.ops, so that e
 backend trains the network the same way (train.py on TensorFlow, benchmarks/bench_jax.py on
 JAX). ``load_backbone_weights`` and ``load_checkpoint`` are the only functions here that read
 files (the weights file or checkpoint the user names); ``build_model`` does no I/O.
+``runtimes.load_for_inference`` is how demo.py and evaluate.py load a checkpoint (or an
+exported model).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ import numpy as np
 from keras import layers
 
 import config as config_module
+import utils
 from config import NUM_HEATMAPS, NUM_PAFS
 
 # ImageNet mean in BGR order, as subtracted by keras.applications' "caffe" preprocessing.
@@ -460,7 +461,14 @@ def load_checkpoint(path):
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{config_path}: missing; a checkpoint needs the run's "
                               f"config.json beside {os.path.basename(path)}")
-    cfg = config_module.load_config(config_path)
+    try:
+        cfg = config_module.load_config(config_path)
+    except (OSError, ValueError) as error:
+        # load_config's own messages already start with the file's name.
+        reason = utils.os_reason(error) if isinstance(error, OSError) else \
+            str(error).replace(f"{config_path}: ", "")
+        raise CheckpointError(f"{config_path}: cannot be read as a run's config ({reason})") \
+            from error
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a Keras .keras archive (train.py writes those)")
     saved = embedded_config(path)

@@ -12,7 +12,8 @@ The three files change together: each is a symbolic link through ``.{split}`` in
 folder, and one rename switches them, so a killed run leaves the old three or the new three.
 The same input gives the same bytes. Exit status: 0 when every split kept records; 1 when a
 split kept none (nothing is written for it); 2 when a source or records_dir is unusable (one
-line on stderr names the file and the problem). The design is told in the README.
+line on stderr names the file and the problem). Finding and extracting the official releases is
+aic_release.py's; drawing the synthetic set is synthetic.py's.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ import os
 import re
 import shutil
 import sys
-import zipfile
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -38,11 +36,13 @@ from tqdm import tqdm
 import config
 import synthetic
 import utils
+from aic_release import Source, SourceError, discover_sources, infer_split, load_annotations, \
+    scan_images
 from config import AIC_RELEASES, JOINT_NAMES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
+from utils import OutputError
 
 ANNOTATION_KEYS = ("image_id", "keypoint_annotations", "human_annotations")
 DEFAULT_TOLERANCE = 2.0  # Pixels; scripts pass cfg.annotation_tolerance.
-CHUNK_SIZE = 64  # Images per thread-pool task: large enough to amortise the task overhead.
 VISIBILITY_KEYS = ("1", "2", "3", "invalid")
 
 REASONS = {
@@ -71,14 +71,6 @@ REASONS = {
 IMAGE_PROBLEMS = {"missing": "missing_image", "not_an_image": "not_an_image",
                   "truncated": "truncated_image", "damaged": "damaged_image",
                   "empty": "unreadable_image", "unreadable": "unreadable_image"}
-
-
-class SourceError(RuntimeError):
-    """A whole source is unusable (unreadable annotation file, bad zip, unsafe overwrite)."""
-
-
-class OutputError(RuntimeError):
-    """A folder cannot take the outputs (read-only, full, not a folder); the run stops."""
 
 
 class NoRecordsError(RuntimeError):
@@ -289,25 +281,6 @@ def flag_duplicates(checked_records, records):
 # --------------------------------------------------------------------------------------------
 # Images.
 # --------------------------------------------------------------------------------------------
-def scan_images(images_dir):
-    """Map image id (file name without extension) -> file name of every image in images_dir.
-
-    One directory listing instead of one stat per record: much faster for 210,000 files. Hidden
-    files (a killed extraction's .tmp-* files among them) are not images.
-    """
-    found = {}
-    if not os.path.isdir(images_dir):
-        return found
-    with os.scandir(images_dir) as entries:
-        for entry in entries:
-            stem, extension = os.path.splitext(entry.name)
-            extension = extension.lower()
-            if extension in utils.IMAGE_EXTENSIONS and not entry.name.startswith("."):
-                if stem not in found or extension == ".jpg":
-                    found[stem] = entry.name
-    return found
-
-
 def inspect_image(path, full_decode=False):
     """Check one image file; return (width, height, None), or (0, 0, (reason, detail)).
 
@@ -336,44 +309,9 @@ def inspect_image(path, full_decode=False):
     return int(width), int(height), None
 
 
-def map_ordered(function, items, jobs, description, unit="img"):
-    """Apply `function` to every item on `jobs` threads; results keep the items' order.
-
-    Threads suffice: file reads, PIL's header parsing and OpenCV spend most of their time
-    outside the GIL, and threads need no pickling.
-    """
-    items = list(items)
-    chunks = [items[start:start + CHUNK_SIZE] for start in range(0, len(items), CHUNK_SIZE)]
-    results = []
-    with tqdm(total=len(items), desc=description, unit=unit, mininterval=0.5) as bar:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for chunk_results in pool.map(lambda chunk: [function(item) for item in chunk], chunks):
-                results.extend(chunk_results)
-                bar.update(len(chunk_results))
-    return results
-
-
 # --------------------------------------------------------------------------------------------
 # One split: annotations + images -> records, rejects, summary.
 # --------------------------------------------------------------------------------------------
-# What to convert: a split, its annotation file (None for test sets) and its image folder.
-Source = collections.namedtuple("Source", "split annotations images")
-
-
-def load_annotations(path):
-    """Read an AIC annotation file: a JSON list of records. Raises SourceError naming the file."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            records = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else error
-        raise SourceError(f"{path}: cannot read the annotation file ({reason})") from error
-    if not isinstance(records, list):
-        raise SourceError(f"{path}: expected a JSON list of records, got a "
-                          f"{type(records).__name__}")
-    return records
-
-
 def _check_records(source, records, images, tolerance):
     """Validate the annotation records (None for a test set: then list its images): [Checked]."""
     if records is None:
@@ -400,7 +338,7 @@ def validate_split(source, tolerance, jobs, full_decode):
     targets = [checked for checked in checked_records if checked.image_id is not None]
     paths = [os.path.join(source.images, images.get(checked.image_id, checked.image_id + ".jpg"))
              for checked in targets]
-    results = map_ordered(lambda path: inspect_image(path, full_decode), paths, jobs,
+    results = utils.map_ordered(lambda path: inspect_image(path, full_decode), paths, jobs,
                           f"{source.split}: images")
     sizes = {}
     for checked, path, (width, height, problem) in zip(targets, paths, results):
@@ -545,7 +483,8 @@ def prepare_records_dir(records_dir):
                 shutil.rmtree(os.path.join(records_dir, name))
         os.rmdir(utils.new_hidden_folder(records_dir, "probe"))
     except OSError as error:
-        raise OutputError(f"{records_dir}: cannot write records there ({utils.os_reason(error)})") from error
+        raise OutputError(f"{records_dir}: cannot write records there "
+                          f"({utils.os_reason(error)})") from error
 
 
 def to_json_line(value):
@@ -556,9 +495,9 @@ def to_json_line(value):
 def write_outputs(records_dir, split, records, rejects, summary):
     """Write a split's three files so that a reader sees the old three or the new three.
 
-    They are written into a new hidden folder that utils.publish_group switches in. Raises OutputError
-    (read-only or full folder) with the old files untouched; an error, unlike a kill, also
-    removes the new folder.
+    They are written into a new hidden folder that utils.publish_group switches in. Raises
+    OutputError (read-only or full folder) with the old files untouched; an error, unlike a
+    kill, also removes the new folder.
     """
     try:
         staging = utils.new_hidden_folder(records_dir, split)
@@ -574,140 +513,6 @@ def write_outputs(records_dir, split, records, rejects, summary):
     except OSError as error:
         raise OutputError(f"{records_dir}: cannot write the outputs of split {split} "
                           f"({utils.os_reason(error)})") from error
-
-
-# --------------------------------------------------------------------------------------------
-# Official zips and folders.
-# --------------------------------------------------------------------------------------------
-def _is_unsafe_member(name):
-    """A member name that would escape the target folder if it were used as a path."""
-    parts = name.replace("\\", "/").split("/")
-    return name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]
-
-
-def extraction_plan(names, target, release):
-    """Map zip member names to destinations in the official layout under `target`.
-
-    Members are matched by their file name (the annotation file) or their parent folder's name
-    (images). Destinations are built from base names alone, so no member can be written outside
-    `target`. Returns ([(member name, destination)], [unsafe member names]). Raises SourceError
-    naming both members when two would land on one file: which one wins would be arbitrary.
-    """
-    plan, unsafe, members_by_destination = [], [], {}
-    for name in names:
-        if name.endswith("/"):
-            continue
-        if _is_unsafe_member(name):
-            unsafe.append(name)
-            continue
-        parts = name.replace("\\", "/").split("/")
-        base, parent = parts[-1], (parts[-2] if len(parts) > 1 else "")
-        if "__MACOSX" in parts or base.startswith("."):
-            continue
-        if release.annotations is not None and base == release.annotations:
-            destination = os.path.join(target, base)
-        elif (parent == release.images
-              and os.path.splitext(base)[1].lower() in utils.IMAGE_EXTENSIONS):
-            destination = os.path.join(target, release.images, base)
-        else:
-            continue
-        if destination in members_by_destination:
-            raise SourceError(f"members {members_by_destination[destination]!r} and {name!r} are "
-                              f"both {base}; keep one of them")
-        members_by_destination[destination] = name
-        plan.append((name, destination))
-    return plan, unsafe
-
-
-def _extract_member(archive, name, destination):
-    """Copy one member to its destination atomically; False (and a warning) if it is corrupt."""
-    try:
-        with archive.open(name) as member, utils.atomic_path(destination) as temporary:
-            with open(temporary, "wb") as handle:
-                shutil.copyfileobj(member, handle, 1 << 20)
-        return True
-    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
-        print(f"warning: member {name} is corrupt and was skipped ({error})", file=sys.stderr)
-        return False
-
-
-def extract_release(zip_path, data_dir, release):
-    """Extract what a release needs (annotation file and images) into data_dir/<folder>/.
-
-    Files already there with the member's size are skipped, so an interrupted extraction
-    resumes; the hidden files a killed one left are deleted. Returns the files written.
-    """
-    target = os.path.join(data_dir, release.folder)
-    if os.path.exists(os.path.join(target, synthetic.SYNTHETIC_MARKER)):
-        raise SourceError(f"{target} holds a synthetic set but {zip_path} is the real release; "
-                          "remove the synthetic folder first")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-        sizes = {info.filename: info.file_size for info in archive.infolist()}
-        plan, unsafe = extraction_plan(list(sizes), target, release)
-    except (zipfile.BadZipFile, OSError, SourceError) as error:
-        problem = error if isinstance(error, SourceError) else f"not a readable zip ({error})"
-        raise SourceError(f"{zip_path}: {problem}") from None
-    for name in unsafe:
-        print(f"warning: {zip_path}: unsafe member name {name!r} skipped", file=sys.stderr)
-    todo = [(name, path) for name, path in plan
-            if not (os.path.isfile(path) and os.path.getsize(path) == sizes[name])]
-    written = 0
-    with archive, tqdm(total=sum(sizes[name] for name, _ in todo), unit="B", unit_scale=True,
-                       desc=f"extracting {os.path.basename(zip_path)}", mininterval=0.5) as bar:
-        try:
-            for folder in (target, os.path.join(target, release.images)):
-                if os.path.isdir(folder):
-                    utils.remove_leftovers(folder)
-            for name, path in todo:
-                written += _extract_member(archive, name, path)
-                bar.update(sizes[name])
-        except OSError as error:  # A full disk must stop the run, not skip every member.
-            raise OutputError(f"{target}: cannot extract {zip_path} there ({utils.os_reason(error)})") \
-                from error
-    print(f"{zip_path}: {written} files extracted, {len(plan) - len(todo)} already there")
-    if not plan:
-        print(f"warning: {zip_path}: no member named {release.annotations} or inside a folder "
-              f"named {release.images}", file=sys.stderr)
-    return written
-
-
-def discover_sources(data_dir):
-    """Extract the official zips found in data_dir and return a Source per split found.
-
-    Raises SyntheticError if data_dir holds parts of two synthetic sets, SourceError if it holds
-    nothing usable (the message lists the zips looked for).
-    """
-    synthetic.check_complete(data_dir)
-    sources = []
-    for split, release in AIC_RELEASES.items():
-        zip_path = os.path.join(data_dir, release.folder + ".zip")
-        folder = os.path.join(data_dir, release.folder)
-        images = os.path.join(folder, release.images)
-        if os.path.isfile(zip_path):
-            extract_release(zip_path, data_dir, release)
-        if release.annotations is None and os.path.isdir(images):
-            sources.append(Source(split, None, images))
-        elif release.annotations is not None and os.path.isfile(
-                os.path.join(folder, release.annotations)):
-            sources.append(Source(split, os.path.join(folder, release.annotations), images))
-    if not sources:
-        zips = ", ".join(release.folder + ".zip" for release in AIC_RELEASES.values())
-        raise SourceError(f"no AI Challenger data in {data_dir}/: put the official zips ({zips}) "
-                          "or their unpacked folders there, pass --annotations FILE --images DIR, "
-                          "or make a synthetic set with --synthetic 200 --seed 1")
-    return sources
-
-
-def infer_split(*paths):
-    """The split named in a file or folder name (train, val, test_a, test_b), or None."""
-    for path in paths:
-        name = os.path.basename(os.path.normpath(path or "")).lower()
-        for split, pattern in (("test_a", r"test_?a"), ("test_b", r"test_?b"),
-                               ("train", r"train"), ("val", r"val(idation)?")):
-            if re.search(r"(?<![a-z])" + pattern + r"(?![a-z])", name):
-                return split
-    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,11 +16,9 @@ import math
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 import utils
 from config import AIC_RELEASES, NUM_JOINTS, OCCLUDED, UNLABELLED, VISIBLE
@@ -381,6 +379,45 @@ def synthetic_example(seed, index):
 
 
 # --------------------------------------------------------------------------------------------
+# Synthetic video: people walking across a still background (tests and benchmarks of tracking).
+# --------------------------------------------------------------------------------------------
+def walking_people(frames, starts, step, height, seed=0, jitter=0.0):
+    """Per frame, float64 (P, NUM_JOINTS, 3) keypoints (x, y, 1) of P people walking.
+
+    starts: (P, 2) neck positions (x, y) in the first frame; step: (P, 2) or (2,) pixels moved
+    per frame; height: standing height in pixels. Each person keeps one skeleton of
+    sample_skeleton (a translated pose: the easy case of tracking); `jitter` adds Gaussian
+    noise (pixels) to every joint, like a network's estimates. Person k of every frame is the
+    same person.
+    """
+    rng = np.random.default_rng(seed)
+    starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2)
+    skeletons = np.stack([sample_skeleton(rng, height, 1) for _ in starts]) + starts[:, None]
+    step = np.broadcast_to(np.asarray(step, dtype=np.float64), starts.shape)
+    sequence = []
+    for frame in range(frames):
+        people = np.ones(skeletons.shape[:2] + (3,))
+        people[:, :, :2] = skeletons + frame * step[:, None]
+        people[:, :, :2] += rng.normal(0.0, jitter, size=skeletons.shape)
+        sequence.append(people)
+    return sequence
+
+
+def video_frames(sequence, size, seed=0):
+    """Yield BGR uint8 frames (size = (height, width)) drawing the people of each element of
+    `sequence` (walking_people) over one background, each person in its own clothes."""
+    rng = np.random.default_rng(seed)
+    background = draw_background(rng, *size)
+    height = float(np.ptp(sequence[0][0, :, 1])) if len(sequence[0]) else 1.0
+    styles = [sample_style(rng, height) for _ in range(len(sequence[0]))]
+    for people in sequence:
+        image, labels = background.copy(), np.zeros(size, dtype=np.uint8)
+        for number, (person, style) in enumerate(zip(people, styles), start=1):
+            draw_person(image, labels, person_shapes(person[:, :2], style, 1), number)
+        yield image
+
+
+# --------------------------------------------------------------------------------------------
 # The set on disk.
 # --------------------------------------------------------------------------------------------
 def split_indices(count):
@@ -451,10 +488,8 @@ def _draw_split(folder, split, indices, seed, jobs, marker):
             handle.write(jpeg)
         return annotation
 
-    # pool.map keeps the indices' order, so the annotation file does not depend on the threads.
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        annotations = list(tqdm(pool.map(make, indices), total=len(indices), unit="img",
-                                desc=f"synthetic {split}", mininterval=0.5))
+    # map_ordered keeps the indices' order: the annotation file does not depend on the threads.
+    annotations = utils.map_ordered(make, indices, jobs, f"synthetic {split}")
     with open(os.path.join(folder, release.annotations), "w", encoding="utf-8") as handle:
         handle.write(json.dumps(annotations))
     with open(os.path.join(folder, SYNTHETIC_MARKER), "w", encoding="utf-8") as handle:

@@ -11,10 +11,9 @@ raise ``TrainError`` or ``model.CheckpointError``, which the CLI prints as one l
 exiting with status 2.
 
 Loss
-    Caffe's Euclidean loss of the original on every stage and both branches, summed
-    (model.masked_l2 and model.stage_losses, in keras.ops): sum(mask * (prediction -
-    target)^2) / batch / 2 per output, the (B, g, g, 1) mask broadcast over the channels. Each
-    stage's PAF and heatmap losses and the two branch totals are logged.
+    model.stage_losses (the original's Euclidean loss on every stage and both branches, summed;
+    see model.masked_l2). Each stage's PAF and heatmap losses and the two branch totals are
+    logged.
 
 Optimiser
     SGD with momentum (paper), Adam or AdamW with a step-decay schedule
@@ -75,15 +74,12 @@ Resume (--resume)
     architecture or training_state (config.py) must not change: a changed one is refused with
     one line naming it. Every variable must come from the state file (model.check_fully_loaded).
 
-Distribution (--strategy auto|mirrored|multiworker)
-    auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
-    mirrored: all GPUs, or every logical CPU device when there is no GPU. multiworker:
-    MultiWorkerMirroredStrategy from TF_CONFIG. The global batch (batch_size) is split across
-    replicas by distribute_datasets_from_function: each worker's input pipeline reads its own
-    shard of the records and batches batch_size / replicas per replica. Only the chief writes
-    checkpoints and logs; other workers write theirs to temporary folders that are deleted (they
-    must still save, since saving reads synchronised variables collectively). Resuming a
-    multi-worker run needs models_dir on a file system that every worker can read.
+Distribution (--strategy auto|mirrored|multiworker; see make_strategy)
+    The global batch (batch_size) is split across replicas by distribute_datasets_from_function:
+    each worker's input pipeline reads its own shard of the records and batches
+    batch_size / replicas per replica. Only the chief writes checkpoints and logs; other workers
+    write theirs to temporary folders that are deleted (they must still save, since saving reads
+    synchronised variables collectively).
 """
 
 from __future__ import annotations
@@ -317,7 +313,9 @@ def make_trainer(cfg, network):
 # Distribution
 # ---------------------------------------------------------------------------------------------
 def make_strategy(name):
-    """The tf.distribute strategy of --strategy (see the module docstring)."""
+    """The tf.distribute strategy of --strategy: auto, MirroredStrategy over all GPUs when there
+    are several, else the default strategy; mirrored, all GPUs, or every logical CPU device
+    when there is no GPU; multiworker, MultiWorkerMirroredStrategy from TF_CONFIG."""
     if name == "multiworker":
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable "

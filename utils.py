@@ -1,8 +1,10 @@
-"""Small helpers shared by the scripts: atomic writes, image reading, record I/O."""
+"""Small helpers shared by the scripts: image reading, atomic writes and output checks, groups of
+files switched together, threads with a progress bar, script logging."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -11,17 +13,24 @@ import shutil
 import tempfile
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm import tqdm
 
 
-# Image files the project reads, by extension (pre-process, demo and evaluate share this list).
+# The one list of image file names the project picks up (pre-process's image folders and zips,
+# demo's and evaluate's folders): the extensions of the formats decode_image identifies by their
+# content (IMAGE_SIGNATURES) and OpenCV decodes. A name only selects a file; what it holds is
+# then decided by its content.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # How each format's content begins; the truncation rule goes by content, not by name.
 IMAGE_SIGNATURES = (
     ("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG\r\n\x1a\n"), ("BMP", b"BM"),
     ("TIFF", b"II*\x00"), ("TIFF", b"MM\x00*"), ("WebP", b"RIFF"),
 )
+# Items per thread-pool task in map_ordered: large enough to amortise the task overhead.
+CHUNK_SIZE = 64
 # Bytes read from each end of a file to identify it and check its end marker.
 PROBE_BYTES = 16
 # libjpeg's warnings about damaged data; OpenCV decodes such files without an error.
@@ -44,7 +53,8 @@ class ImageError(ValueError):
 def image_format(head):
     """The format ("JPEG", "PNG", ...) that a file's first bytes announce, or None."""
     for name, signature in IMAGE_SIGNATURES:
-        if head.startswith(signature):
+        # RIFF also starts WAV and AVI files: a WebP image says WEBP at bytes 8 to 11.
+        if head.startswith(signature) and (name != "WebP" or head[8:12] == b"WEBP"):
             return name
     return None
 
@@ -202,6 +212,69 @@ def atomic_write_json(path, value, indent=None):
     atomic_write_text(path, json.dumps(value, indent=indent) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Output files of the scripts: checked before the work, written atomically after it
+# ---------------------------------------------------------------------------------------------
+class OutputError(RuntimeError):
+    """A file or folder that cannot take a script's output (read-only, full, not a folder);
+    the message is one line naming it and the reason."""
+
+
+def os_reason(error):
+    """The reason an OSError gives, in words."""
+    return error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+
+
+def check_writable(path):
+    """Raise OutputError unless a file can be written atomically at `path` now.
+
+    Run it before long work, so that an output that cannot be written fails at once instead of
+    losing the work. Creates the file's folder when it is missing, then creates and deletes a
+    hidden file in it (what atomic_path needs: the folder must take new files), so a read-only
+    file system, a missing permission or a regular file where a folder should be are found. A
+    disk that fills up later is not: write_json_output reports that.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise OSError(errno.ENOTDIR, f"{folder} is not a folder")
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write this file ({os_reason(error)})") from error
+
+
+def write_json_output(path, value, indent=None):
+    """atomic_write_json for a script's result file: an OSError (a full disk, say) becomes an
+    OutputError naming the file; the file is then as it was before."""
+    try:
+        atomic_write_json(path, value, indent)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write this file ({os_reason(error)})") from error
+
+
+def map_ordered(function, items, jobs, description, unit="img"):
+    """[function(item) for item in items] on `jobs` threads, in the items' order, with a tqdm
+    progress bar labelled `description`.
+
+    Threads suffice for the project's uses: file reads, Pillow's header parsing, JPEG encoding
+    and OpenCV spend most of their time outside the GIL, and threads need no pickling.
+    """
+    items = list(items)
+    chunks = [items[start:start + CHUNK_SIZE] for start in range(0, len(items), CHUNK_SIZE)]
+    results = []
+    with tqdm(total=len(items), desc=description, unit=unit, mininterval=0.5) as bar:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for chunk_results in pool.map(lambda chunk: [function(item) for item in chunk], chunks):
+                results.extend(chunk_results)
+                bar.update(len(chunk_results))
+    return results
+
+
 def configure_script_logging(script):
     """Send the messages of a script's run to the terminal as `script: message`: information
     to stdout, warnings and errors to stderr. Library modules only log; scripts call this once
@@ -221,11 +294,6 @@ def configure_script_logging(script):
 # ---------------------------------------------------------------------------------------------
 # Groups of files that change together (pre-process's records, rejects and summary of a split)
 # ---------------------------------------------------------------------------------------------
-def os_reason(error):
-    """The reason an OSError gives, in words."""
-    return error.strerror or (os.strerror(error.errno) if error.errno else str(error))
-
-
 def write_lines(path, lines):
     """Write text lines to a new file and flush them to the disk."""
     with open(path, "w", encoding="utf-8") as handle:
@@ -269,9 +337,10 @@ def publish_group(directory, group, folder, names):
     """Make `folder` (complete, inside directory) the group's files `names` with one rename.
 
     Each directory/<name> is a symbolic link to .{group}/<name>, and .{group} is a link to a
-    version folder, so replacing .{group} switches all of them at once. The plain files of the older layout are first hard-linked (or copied)
-    into a version of their own and turned into links, showing the same bytes throughout; so
-    are the files a run killed half-way through that left. A kill at any point leaves the old
+    version folder, so replacing .{group} switches all of them at once. The plain files of the
+    older layout are first hard-linked (or copied) into a version of their own and turned into
+    links, showing the same bytes throughout; so are the files a run killed half-way through
+    that left. A kill at any point leaves the old
     files or the new ones, and at most unused folders.
     """
     links = [(os.path.join(directory, name), os.path.join("." + group, name))

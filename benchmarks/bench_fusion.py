@@ -30,14 +30,11 @@ Timings use one thread for OpenMP/BLAS/OpenCV. The last line is JSON.
 
 from __future__ import annotations
 
-import os
+import common
 
 if __name__ == "__main__":  # one thread for the timings; not when imported by another script
-    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                      "NUMEXPR_NUM_THREADS"):
-        os.environ[_variable] = "1"
+    common.one_thread()
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -46,17 +43,11 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import aic_metric  # noqa: E402
 import config  # noqa: E402
 import evaluate  # noqa: E402
 import inference  # noqa: E402
 from data_generator import render_targets  # noqa: E402
-
-SAMPLE_REFERENCE = os.path.join(ROOT, "..", "shared", "data",
-                                "aic_keypoint_annotations_sample.json")
 LOCALISATION_HEIGHT = 1000
 # The original's peak finding: Gaussian smoothing of this many image pixels, integer peaks.
 ORIGINAL_SMOOTHING_PIXELS = 3.0
@@ -124,7 +115,7 @@ def localisation_errors(joint, xy, keypoints):
 
 def record_canvas(record):
     """(keypoints (P, 14, 3), height, width) of a reference record on its canvas."""
-    keypoints, boxes = evaluate._reference_keypoints(record)
+    keypoints, boxes = evaluate.reference_keypoints(record)
     width, height = evaluate.oracle_canvas(record, keypoints, boxes)
     return keypoints, int(round(height)), int(round(width))
 
@@ -178,18 +169,12 @@ def oracle(references, cfg, methods):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ref", default=SAMPLE_REFERENCE, help="AIC annotation JSON")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser = common.annotation_parser(__doc__)
     parser.add_argument("--no-oracle", "--no_oracle", action="store_true",
                         help="only the localisation part")
     parser.add_argument("--no-image-resolution", "--no_image_resolution", action="store_true",
                         help="skip the two (slow) image-resolution methods")
-    config.add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = config.config_from_args(args)
-    cv2.setNumThreads(1)
-    references = aic_metric.load_json_list(args.ref, "reference")[:args.limit]
+    args, cfg, references = common.parse_with_config(parser, argv)
     methods = ["1x grid, bilinear", "largest grid x1", "largest grid x2"]
     if not args.no_image_resolution:
         methods += ["image resolution", "original peaks"]

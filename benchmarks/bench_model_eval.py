@@ -26,7 +26,10 @@ The last line is JSON: images, wall seconds and images/s of each path and their 
 ("speedup"), CPU seconds per image of the whole process (all threads) and their ratio
 ("cpu_ratio": less work per image, whatever else runs on the machine; the overlap of parsing
 with the network shows only in the wall time), whether the two paths wrote identical
-predictions, and the scores when --ref is given.
+predictions, the scores when --ref is given, and what bounds the speed: the multiply-adds of
+the network per image ("network_gmac_per_image"), the rate at which the batched path does them
+("batched_gmac_per_second") and, for comparison, the rate of a large float32 matrix product
+("matmul_gmac_per_second", close to what the cores can do).
 """
 
 from __future__ import annotations
@@ -82,6 +85,55 @@ def load_network(args):
         return network, dataclasses.replace(checkpoint_cfg, **overrides)
     cfg = config.make_config("cpu", **overrides)
     return model.build_model(cfg), cfg
+
+
+def multiply_adds_per_pixel(network, cfg):
+    """Multiply-adds of the network's convolutions per input pixel (a float).
+
+    Inputs are padded to multiples of the stride, where every layer's output is exactly the
+    input shape divided by its own stride, so the count per pixel is the same for every input
+    shape; it is read once off the output shapes of one (1, 8 * stride, 8 * stride, 3) input.
+    """
+    import keras
+    import numpy as np
+
+    convolutions = [layer for layer in network.layers
+                    if isinstance(layer, keras.layers.Conv2D)]
+    probe = keras.Model(network.inputs, [layer.output for layer in convolutions])
+    side = 8 * int(cfg.stride)
+    outputs = probe([np.zeros((1, side, side, 3), np.float32)])
+    total = sum(int(np.prod(output.shape[1:3])) * int(np.prod(layer.kernel.shape))
+                for layer, output in zip(convolutions, outputs))
+    return total / (side * side)
+
+
+def network_gmac_per_image(network, cfg, items):
+    """Mean multiply-adds (10^9) the network does per image at cfg.scales (and flip)."""
+    import cv2
+
+    per_pixel = multiply_adds_per_pixel(network, cfg)
+    passes = 2 if cfg.flip_test else 1
+    total = 0.0
+    for _, path in items:
+        height, width = cv2.imread(path).shape[:2]
+        for scale in cfg.scales:
+            size = inference.input_size(height, width, cfg, scale)
+            rows, cols = inference.padded_size(size, cfg)
+            total += per_pixel * rows * cols * passes
+    return total / max(len(items), 1) / 1e9
+
+
+def matmul_gmac_per_second(size=2048, repeats=10):
+    """Multiply-adds (10^9) per second of a float32 size x size matrix product in TensorFlow:
+    about what this machine's cores can do at best, for comparison with the network."""
+    import tensorflow as tf
+
+    matrix = tf.random.uniform((size, size), dtype=tf.float32)
+    tf.matmul(matrix, matrix).numpy()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        tf.matmul(matrix, matrix).numpy()
+    return size ** 3 * repeats / (time.perf_counter() - started) / 1e9
 
 
 def image_items(folders, limit):
@@ -141,6 +193,11 @@ def main(argv=None):
                                                  / cpu_per_image["batched"], 3)
                if "as_before" in rates else None,
                "identical_predictions": results["batched"][2] == results["one_at_a_time"][2]}
+    # The network's arithmetic bounds the batched path: report how fast it is done.
+    gmac = network_gmac_per_image(network, cfg, items)
+    summary["network_gmac_per_image"] = round(gmac, 2)
+    summary["batched_gmac_per_second"] = round(gmac * rates["batched"], 1)
+    summary["matmul_gmac_per_second"] = round(matmul_gmac_per_second(), 1)
     if args.ref:
         references = aic_metric.load_json_list(args.ref, "reference")
         summary["scores"] = {name: round(aic_metric.aic_map(predictions, references)["score"], 6)

@@ -29,31 +29,20 @@ joins fragments across missing joints. The last line is JSON.
 
 from __future__ import annotations
 
-import os
+import common
 
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                  "NUMEXPR_NUM_THREADS"):
-    os.environ[_variable] = "1"
+common.one_thread()
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import config  # noqa: E402
 import evaluate  # noqa: E402
 import inference  # noqa: E402
-from data_generator import render_targets  # noqa: E402
-
-SAMPLE_REFERENCE = os.path.join(ROOT, "..", "shared", "data",
-                                "aic_keypoint_annotations_sample.json")
 # Parser variants scored besides the configuration given (name, field overrides).
 ABLATIONS = (
     ("greedy matching", {"limb_matching": "greedy"}),
@@ -68,17 +57,10 @@ ABLATIONS = (
 
 
 def render_all(references, cfg):
-    """[(heatmaps, pafs, factor)] per reference record, and the mean render time in ms."""
-    rendered, started = [], time.perf_counter()
-    for record in references:
-        keypoints, boxes = evaluate._reference_keypoints(record)
-        factor, grid_shape = evaluate.oracle_grid(
-            evaluate.oracle_canvas(record, keypoints, boxes), cfg)
-        scaled = keypoints.copy()
-        scaled[:, :, :2] *= factor
-        heatmaps, pafs = render_targets(scaled, grid_shape, cfg.stride, cfg.heatmap_sigma,
-                                        cfg.paf_width)
-        rendered.append((heatmaps, pafs, factor))
+    """[(heatmaps, pafs, factor)] per reference record (evaluate.oracle_maps), and the mean
+    render time in ms."""
+    started = time.perf_counter()
+    rendered = [evaluate.oracle_maps(record, cfg) for record in references]
     return rendered, 1000.0 * (time.perf_counter() - started) / max(len(references), 1)
 
 
@@ -122,13 +104,9 @@ def time_parsing(rendered, cfg, repeats):
 
 
 def oracle_score(rendered, references, cfg):
-    """evaluate.aic_map of the parsed ground-truth maps."""
-    predictions = []
-    for (heatmaps, pafs, factor), record in zip(rendered, references):
-        people, _ = inference.parse_poses(heatmaps, pafs, cfg, stride=cfg.stride,
-                                          scale=(factor, factor))
-        predictions.append({"image_id": record["image_id"], "keypoint_annotations":
-                            inference.people_to_aic(people, cfg.integer_output)})
+    """evaluate.aic_map of the parsed ground-truth maps (evaluate.oracle_entry)."""
+    predictions = [evaluate.oracle_entry(record["image_id"], heatmaps, pafs, factor, cfg)
+                   for (heatmaps, pafs, factor), record in zip(rendered, references)]
     return evaluate.aic_map(predictions, references)
 
 
@@ -157,7 +135,7 @@ def connectivity_ceiling(references, min_parts):
     What the oracle scores above this comes from joining fragments across missing joints."""
     predictions = []
     for record in references:
-        keypoints, _ = evaluate._reference_keypoints(record)
+        keypoints, _ = evaluate.reference_keypoints(record)
         people = {}
         for person in keypoints:
             for joints in limb_components((person[:, 2] == 1) | (person[:, 2] == 2)):
@@ -185,7 +163,7 @@ def print_report(cfg, result, timing, render_ms, ablations, ceiling):
     for name, row in rows:
         print(f"{name:24s}{row['score']:9.5f}{row['ap50']:8.4f}{row['ap75']:8.4f}"
               f"{row['missed_people']:8d}{row['spurious_people']:9d}")
-    print(f"\nparsing, one core, ms/image (best of repeats per image):")
+    print("\nparsing, one core, ms/image (best of repeats per image):")
     print(f"{'part':12s}{'median':>9s}{'p90':>9s}{'mean':>9s}")
     for name in ("peaks", "scoring", "matching", "assembly", "total"):
         print(f"{name:12s}{timing[name]['median_ms']:9.3f}{timing[name]['p90_ms']:9.3f}"
@@ -197,18 +175,11 @@ def print_report(cfg, result, timing, render_ms, ablations, ceiling):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ref", default=SAMPLE_REFERENCE,
-                        help="AIC annotation JSON (default: the shared 488-image sample)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser = common.annotation_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="timing runs per image")
     parser.add_argument("--no-ablations", "--no_ablations", action="store_true",
                         help="score only the configuration given")
-    config.add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = config.config_from_args(args)
-    cv2.setNumThreads(1)
-    references = evaluate.load_json_list(args.ref, "reference")[:args.limit]
+    args, cfg, references = common.parse_with_config(parser, argv)
     rendered, render_ms = render_all(references, cfg)
     result = oracle_score(rendered, references, cfg)
     ablations = [] if args.no_ablations else [

@@ -119,3 +119,14 @@ def test_load_rejects_unknown_keys(tmp_path):
 def test_run_directories_use_the_run_name():
     cfg = config.make_config("cpu", run_name="abc", models_dir="m", logs_dir="l")
     assert config.run_directories(cfg) == ("m/abc", "l/abc")
+
+
+def test_inference_config_takes_inference_settings_and_paths_only():
+    saved = config.make_config("tiny", run_name="run")
+    cfg = config.inference_config(saved, {"scales": (0.5, 1), "flip_test": True,
+                                          "models_dir": "elsewhere"})
+    assert cfg == dataclasses.replace(saved, scales=(0.5, 1), flip_test=True,
+                                      models_dir="elsewhere")
+    for field in ("stride", "batch_size", "heatmap_sigma", "pad_value"):  # network or training
+        with pytest.raises(ValueError, match=f"--{field} is fixed by the checkpoint"):
+            config.inference_config(saved, {field: getattr(saved, field)})

@@ -1,5 +1,6 @@
 """Tests of demo.py: drawing, inputs and outputs, errors, and runs with a tiny random model."""
 
+import errno
 import json
 import os
 
@@ -14,10 +15,7 @@ from config import JOINT_COLORS, NUM_JOINTS
 
 
 def tiny_config(**overrides):
-    values = dict(stages=1, backbone_channels=(4, 8, 8), cpm_channels=(8, 8), stage_channels=8,
-                  stage1_hidden=8, inference_height=32)
-    values.update(overrides)
-    return config.make_config("cpu", **values)
+    return config.make_config("tiny", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +114,8 @@ def test_only_inference_settings_can_override_the_checkpoint(checkpoint, tmp_pat
     assert status == 2 and "--stride is fixed by the checkpoint" in capsys.readouterr().err
     args = demo.build_parser().parse_args(["--flip", "--scales", "0.5,1", "--peak-threshold",
                                            "0.2"])
-    cfg = demo.inference_config(tiny_config(), demo.explicit_overrides(args))
-    assert cfg.flip_test is True and cfg.scales == (0.5, 1) and cfg.peak_threshold == 0.2
-    assert cfg.stride == tiny_config().stride
+    assert demo.explicit_overrides(args) == {"flip_test": True, "scales": (0.5, 1),
+                                             "peak_threshold": 0.2}
 
 
 def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkeypatch, capsys):
@@ -157,8 +154,47 @@ def test_a_checkpoint_built_for_another_config_is_reported(checkpoint, tmp_path,
     write_image(tmp_path / "a.jpg")
     status = demo.main(["--model", str(run / "best.keras"), "--image", str(tmp_path / "a.jpg")])
     error = capsys.readouterr().err
-    assert status == 2 and "cannot load this checkpoint" in error
+    assert status == 2 and "cannot be loaded into the network of" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_a_keras_archive_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_text("not a model")
+    config.save_config(tiny_config(), str(run / "config.json"))
+    write_image(tmp_path / "a.jpg")
+    status = demo.main(["--model", str(run / "best.keras"), "--image", str(tmp_path / "a.jpg")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert error == f"demo.py: error: {run / 'best.keras'}: not a Keras .keras archive " \
+                    "(train.py writes those)\n"
+
+
+@pytest.mark.parametrize("failure", ["under a file", "read-only file system"])
+def test_an_unwritable_json_fails_before_any_work(checkpoint, tmp_path, monkeypatch, capsys,
+                                                  failure):
+    write_image(tmp_path / "a.jpg")
+    if failure == "under a file":  # Fails for root too, unlike a folder without write permission.
+        (tmp_path / "a_file").write_text("x")
+        out, reason = tmp_path / "a_file" / "predictions.json", "is not a folder"
+    else:
+        out, reason = tmp_path / "out" / "predictions.json", "Read-only file system"
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        monkeypatch.setattr(demo.utils.tempfile, "mkstemp", read_only)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+    monkeypatch.setattr(demo, "load_network", no_loading)
+    status = demo.main(["--model", checkpoint, "--image", str(tmp_path / "a.jpg"),
+                        "--json", str(out)])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert error.startswith(f"demo.py: error: {out}: cannot write this file (") and reason in error
+    made = "a_file" if failure == "under a file" else "out"
+    assert sorted(os.listdir(tmp_path)) == ["a.jpg", made]  # and no drawing
 
 
 def test_a_video_that_cannot_be_opened(checkpoint, tmp_path, capsys):
@@ -166,6 +202,16 @@ def test_a_video_that_cannot_be_opened(checkpoint, tmp_path, capsys):
     status = demo.main(["--model", checkpoint, "--video", str(tmp_path / "clip.mp4")])
     assert status == 2 and "cannot open this video" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]  # nothing half-written
+
+
+def count_frames(path):
+    """The frames OpenCV can read from a video file."""
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
 
 
 def test_a_video_is_annotated_frame_by_frame(checkpoint, tmp_path):
@@ -177,11 +223,27 @@ def test_a_video_is_annotated_frame_by_frame(checkpoint, tmp_path):
     out = tmp_path / "frames.json"
     assert demo.main(["--model", checkpoint, "--video", source, "--json", str(out),
                       "--max-frames", "4"]) == 0
-    capture = cv2.VideoCapture(str(tmp_path / "clip_pose.mp4"))
-    frames = 0
-    while capture.read()[0]:
-        frames += 1
-    capture.release()
-    assert frames == 4
+    assert count_frames(tmp_path / "clip_pose.mp4") == 4
     assert [entry["image_id"] for entry in json.loads(out.read_text())] == [
         f"clip_{index:06d}" for index in range(4)]
+
+
+def test_a_cut_video_is_annotated_as_far_as_it_goes_with_a_warning(checkpoint, tmp_path, capsys):
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # Noise: every frame compresses to about the same size.
+        writer.write(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])  # a download cut short
+    readable = count_frames(cut)
+    assert 0 < readable < 6
+    assert demo.main(["--model", checkpoint, "--video", str(cut)]) == 0
+    error = capsys.readouterr().err
+    assert f"warning: {cut}: only {readable} of the 6 frames the file announces" in error
+    assert count_frames(tmp_path / "cut_pose.mp4") == readable
+    # The whole video, or the cut one stopped on purpose by --max-frames, gives no warning.
+    assert demo.main(["--model", checkpoint, "--video", str(whole)]) == 0
+    assert demo.main(["--model", checkpoint, "--video", str(cut), "--max-frames",
+                      str(readable)]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """Tests for evaluate.py: the command line, and the model/oracle modes on tiny data (the metric
 itself is tested in test_aic_metric.py)."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
-import types
 
 import cv2
 import numpy as np
@@ -106,9 +106,9 @@ def fake_model_mode(tmp_path, monkeypatch):
 
     import inference
     monkeypatch.setattr(inference, "estimate_poses_stream", fake_stream)
-    fake_model = types.ModuleType("model")
-    fake_model.load_checkpoint = lambda path: ("network", config.make_config("cpu"))
-    monkeypatch.setitem(sys.modules, "model", fake_model)
+    import runtimes
+    monkeypatch.setattr(runtimes, "load_for_inference", lambda path, overrides: (
+        "network", config.inference_config(config.make_config("cpu"), overrides)))
     return images
 
 
@@ -124,6 +124,52 @@ def test_model_mode_writes_submission_and_scores(fake_model_mode, tmp_path, caps
     # img_c is unreadable: skipped with a warning, then scored as missing: 3 of 4 people.
     assert any("img_c.jpg" in warning for warning in result["warnings"])
     assert result["score"] == pytest.approx(0.75) and result["missing_images"] == 1
+
+
+@pytest.mark.parametrize("option", ["--out", "--json_out"])
+def test_an_unwritable_output_fails_before_any_work(fake_model_mode, tmp_path, monkeypatch,
+                                                   capsys, option):
+    (tmp_path / "a_file").write_text("x")  # A folder's place taken by a file: fails for root too.
+    out = tmp_path / "a_file" / "pred.json"
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran before the outputs were checked")
+    monkeypatch.setattr(sys.modules["runtimes"], "load_for_inference", no_work)
+    status = evaluate.main(["--model", "ckpt.keras", "--images", str(fake_model_mode), "--ref",
+                            REFERENCE_SMALL, option, str(out), "--no_progress"])
+    assert status == 2
+    assert capsys.readouterr().err == (f"evaluate.py: error: {out}: cannot write this file "
+                                       f"({tmp_path / 'a_file'} is not a folder)\n")
+
+
+def test_a_disk_that_fills_up_at_the_end_is_one_line(fake_model_mode, tmp_path, monkeypatch,
+                                                     capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(evaluate.utils.os, "fsync", full)
+    out = tmp_path / "pred.json"
+    status = evaluate.main(["--model", "ckpt.keras", "--images", str(fake_model_mode),
+                            "--out", str(out), "--no_progress", "--min_parts", "2"])
+    assert status == 2 and not out.exists()
+    assert capsys.readouterr().err == (f"evaluate.py: error: {out}: cannot write this file "
+                                       "(No space left on device)\n")
+
+
+def test_a_file_that_is_not_a_keras_archive_is_one_line(tmp_path, capsys):
+    (tmp_path / "best.keras").write_text("not a model")
+    config.save_config(config.make_config("tiny"), str(tmp_path / "config.json"))
+    status = evaluate.main(["--model", str(tmp_path / "best.keras"), "--images", str(tmp_path),
+                            "--out", str(tmp_path / "pred.json"), "--no_progress"])
+    assert status == 2
+    assert capsys.readouterr().err == (f"evaluate.py: error: {tmp_path / 'best.keras'}: not a "
+                                       "Keras .keras archive (train.py writes those)\n")
+    assert not (tmp_path / "pred.json").exists()
+
+
+def test_model_mode_refuses_a_setting_that_is_not_an_inference_one(fake_model_mode, capsys):
+    status = evaluate.main(["--model", "ckpt.keras", "--images", str(fake_model_mode),
+                            "--stride", "8", "--no_progress"])
+    assert status == 2 and "--stride is fixed by the checkpoint" in capsys.readouterr().err
 
 
 def test_model_mode_without_reference_only_writes_submission(fake_model_mode, tmp_path,
@@ -182,9 +228,7 @@ def test_batched_predictions_equal_the_one_at_a_time_path(tmp_path):
     exactly the predictions of the one-image-at-a-time path."""
     import model
 
-    cfg = config.make_config("cpu", stages=1, backbone_channels=(4, 8, 8), cpm_channels=(8, 8),
-                             stage_channels=8, stage1_hidden=8, inference_height=32,
-                             scales=(1.0, 1.5), inference_batch=3, peak_threshold=0.0,
+    cfg = config.make_config("tiny", scales=(1.0, 1.5), inference_batch=3, peak_threshold=0.0,
                              paf_threshold=-1.0, min_parts=2, min_person_score=-10.0)
     network = model.build_model(cfg)
     rng = np.random.default_rng(5)

@@ -304,3 +304,14 @@ def test_load_checkpoint_names_a_file_that_is_not_a_keras_archive(tmp_path):
     (tmp_path / "run" / "last.keras").write_text("not a model")
     with pytest.raises(model.CheckpointError, match="not a Keras .keras archive"):
         model.load_checkpoint(str(tmp_path / "run" / "last.keras"))
+
+
+def test_load_checkpoint_names_a_config_json_it_cannot_read(tmp_path):
+    saved_run(tmp_path / "run", tiny_config())
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    with pytest.raises(model.CheckpointError) as raised:
+        model.load_checkpoint(str(tmp_path / "run"))
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'run' / 'config.json'}: cannot be read as a run's "
+                              "config (Expecting property name")
+    assert message.count(str(tmp_path)) == 1

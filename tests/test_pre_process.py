@@ -1,5 +1,6 @@
 """Tests of pre-process.py: the record validator, the image checks, the malformed-annotation file
-end to end, zip reading, a split's outputs changed together, and one-line errors with exit status.
+end to end, official zips converted (their extraction is tested in test_aic_release.py), a
+split's outputs changed together, and one-line errors with exit status.
 The synthetic set's tests are in test_synthetic.py.
 
 pre-process.py has a hyphen in its name, so it is imported from its path with importlib.
@@ -539,10 +540,6 @@ def test_annotations_need_images_and_a_known_split(tmp_path):
     assert not (tmp_path / "records").exists()
     with pytest.raises(SystemExit):
         run_main("--synthetic", 4, "--images", tmp_path / "pictures", *records)
-    assert pre_process.infer_split("test_annotations_here", "latest_attributes") is None
-    assert pre_process.infer_split("x/keypoint_validation_annotations_20170911.json") == "val"
-    assert pre_process.infer_split("keypoint_train_images_20170902") == "train"
-    assert pre_process.infer_split("keypoint_test_b_images_20180103") == "test_b"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,9 +574,6 @@ def test_zip_is_extracted_safely_and_converted(tmp_path, capsys):
     extracted = sorted(os.listdir(data_dir / release.folder / release.images))
     assert extracted == ["aaa.jpg", "bbb.jpg"]
     assert not (tmp_path / release.images).exists() and not os.path.exists(f"/{release.images}")
-    # A second run finds everything extracted already and writes nothing new.
-    assert pre_process.extract_release(str(data_dir / (release.folder + ".zip")), str(data_dir),
-                                       release) == 0
 
 
 def test_a_zip_with_two_annotation_files_is_an_error_naming_both(tmp_path, capsys):
@@ -595,17 +589,6 @@ def test_a_zip_with_two_annotation_files_is_an_error_naming_both(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"members {first!r} and {second!r} are both {release.annotations}" in err
     assert not (data_dir / release.folder).exists()  # nothing extracted
-
-
-def test_extraction_plan_maps_by_name_and_skips_unsafe_members():
-    release = AIC_RELEASES["train"]
-    names = [f"x/{release.annotations}", f"a/b/{release.images}/1.jpg", f"{release.images}/2.JPG",
-             "../../etc/passwd", f"{release.images}/../3.jpg", "C:/evil.jpg", "readme.txt"]
-    plan, unsafe = pre_process.extraction_plan(names, "/target", release)
-    assert plan == [(names[0], f"/target/{release.annotations}"),
-                    (names[1], f"/target/{release.images}/1.jpg"),
-                    (names[2], f"/target/{release.images}/2.JPG")]
-    assert unsafe == ["../../etc/passwd", f"{release.images}/../3.jpg", "C:/evil.jpg"]
 
 
 def test_nothing_found_says_where_it_looked_in_one_line(tmp_path, capsys):

@@ -1,4 +1,8 @@
-"""Tests for utils.py: atomic writes and image reading."""
+"""Tests for utils.py: atomic writes, output checks, image reading, threads in order."""
+
+import errno
+import os
+import time
 
 import cv2
 import numpy as np
@@ -26,6 +30,47 @@ def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):
             raise RuntimeError("crash mid-write")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_check_writable_names_the_file_and_the_reason(tmp_path, monkeypatch):
+    utils.check_writable(str(tmp_path / "new" / "out.json"))  # a missing folder is made
+    assert os.listdir(tmp_path / "new") == []  # and nothing is left in it
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(utils.OutputError, match=f"{tmp_path}/a_file/out.json: cannot write this "
+                                                f"file \\({tmp_path}/a_file is not a folder\\)"):
+        utils.check_writable(str(tmp_path / "a_file" / "out.json"))
+    with pytest.raises(utils.OutputError, match="Is a directory"):
+        utils.check_writable(str(tmp_path / "new"))
+
+    def read_only(*args, **kwargs):  # Root writes where permissions say no; a file system not.
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(utils.tempfile, "mkstemp", read_only)
+    with pytest.raises(utils.OutputError, match="out.json: .*Read-only file system"):
+        utils.check_writable(str(tmp_path / "out.json"))
+
+
+def test_write_json_output_turns_a_full_disk_into_one_line_and_keeps_the_old_file(
+        tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(utils.os, "fsync", full)
+    with pytest.raises(utils.OutputError) as raised:
+        utils.write_json_output(str(path), [1, 2])
+    assert str(raised.value) == f"{path}: cannot write this file (No space left on device)"
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_map_ordered_keeps_the_order_on_several_threads():
+    def slow_first(value):  # The first chunk finishes last.
+        if value < utils.CHUNK_SIZE:
+            time.sleep(0.001)
+        return value * value
+
+    items = range(3 * utils.CHUNK_SIZE + 5)
+    assert utils.map_ordered(slow_first, items, 3, "test") == [value * value for value in items]
 
 
 def test_read_image_converts_grey_and_four_channels_to_rgb(tmp_path):
@@ -72,6 +117,13 @@ def test_content_decides_the_format_and_the_message_says_what_a_bad_file_is(tmp_
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(utils.ImageError, match="empty"):
         utils.decode_image(str(tmp_path / "empty.jpg"))
+    # RIFF begins WebP images and WAV sounds alike; only the first is an image.
+    webp = cv2.imencode(".webp", np.full((4, 6, 3), 9, np.uint8))[1].tobytes()
+    (tmp_path / "image.webp").write_bytes(webp)
+    assert utils.decode_image(str(tmp_path / "image.webp")).shape == (4, 6, 3)
+    (tmp_path / "sound.webp").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(28))
+    with pytest.raises(utils.ImageError, match="sound.webp: not an image"):
+        utils.decode_image(str(tmp_path / "sound.webp"))
 
 
 def test_strict_decode_catches_a_damaged_jpeg_with_an_intact_end_marker(tmp_path):
