@@ -330,7 +330,9 @@ def person_frames(keypoints, boxes, width, height):
     high = np.where(box_ok[:, None], clipped[:, 2:], high)
     anchorable = labelled.any(axis=1)
     found = anchorable | box_ok
-    centres = np.where(found[:, None], (low + high) / 2.0, limits / 2.0)
+    # A person with neither has low = inf and high = -inf; np.where drops the NaN they make.
+    with np.errstate(invalid="ignore"):
+        centres = np.where(found[:, None], (low + high) / 2.0, limits / 2.0)
     heights = np.where(found, high[:, 1] - low[:, 1], 0.0)
     floor = max(MIN_PERSON_HEIGHT, 0.05 * max(width, height))
     return centres, np.maximum(heights, floor), anchorable

@@ -19,8 +19,9 @@ import data_generator as dg
 import data_service
 import tf_pipeline as tp
 import utils
-from test_data_generator import (batches, cell_pixel, dot_image, people, standing_person,
-                                 tiny_cfg, write_dataset, bright_centroid, good_entries)
+from test_data_generator import (batches, bright_centroid, cell_pixel, dot_image, good_entries,
+                                 hostile_keypoints, people, standing_person, tiny_cfg,
+                                 write_dataset)
 
 J = config.NUM_JOINTS
 SHARED_ANNOTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -66,18 +67,6 @@ def assert_same_targets(keypoints, grid_shape, stride, sigma, paf_width):
 
 
 # ------------------------------------------------------------------------------ hand cases
-def hostile_keypoints():
-    rng = np.random.default_rng(0)
-    keypoints = rng.uniform(-50, 100, size=(6, J, 3))
-    keypoints[..., 2] = rng.integers(1, 4, size=(6, J))
-    keypoints[0, :5, :2] = np.nan
-    keypoints[0, 5:8, 0] = np.inf
-    keypoints[1, :, :2] = 1e30
-    keypoints[2, :, :2] = (10.0, 10.0)
-    keypoints[:3, :, 2] = 1
-    return keypoints
-
-
 HAND_CASES = {
     "one joint on a cell": (people({7: cell_pixel(3, 5, 4)}), (8, 10), 4, 3.0, 1.0),
     "two people, max": (people({0: cell_pixel(2, 2, 4)}, {0: cell_pixel(2, 4, 4)}), (6, 7), 4,
@@ -198,7 +187,6 @@ def test_training_plan_equals_the_numpy_oracle_on_aic_layouts():
     functions, given the same draws, on AIC-like layouts (and on the shared real ones where
     they are present)."""
     cfg, transform = graph_transform()
-    grid = (cfg.input_size // cfg.stride,) * 2
     rng = np.random.default_rng(13)
     checked = collections.Counter()
     for keypoints, boxes, width, height in aic_like_layouts(16, 7) + shared_aic_layouts(24):
