@@ -658,7 +658,7 @@ def window_kernel(size, pad_value, strength):
 
         @tf.function(jit_compile=True, autograph=False, input_signature=signature)
         def kernel(pixels, extent, inverse, draws):
-            rows = tf.reshape(pixels, [-1, 3])
+            channels = tf.range(3)
             grid = tf.range(size, dtype=tf.float32)
             source_x = inverse[0, 0] * grid[None, :] + inverse[0, 1] * grid[:, None] + inverse[0, 2]
             source_y = inverse[1, 0] * grid[None, :] + inverse[1, 1] * grid[:, None] + inverse[1, 2]
@@ -668,8 +668,10 @@ def window_kernel(size, pad_value, strength):
 
             def tap(row, col):
                 inside = (col >= 0) & (col < extent[0]) & (row >= 0) & (row < extent[1])
-                value = tf.cast(tf.gather(rows, tf.where(inside, row * extent[0] + col, 0)),
-                                tf.float32)
+                # One byte per gathered element: XLA's CPU code runs gathers of single
+                # elements about three times faster than gathers of 3-byte rows.
+                start = tf.where(inside, row * extent[0] + col, 0) * 3
+                value = tf.cast(tf.gather(pixels, start[..., None] + channels), tf.float32)
                 return tf.where(inside[..., None], value, float(pad_value))
 
             upper_left, upper_right = tap(top, left), tap(top, left + 1)
