@@ -7,7 +7,8 @@ thread per op), all in one run, for each pipeline of --pipelines (tf: graph ops,
 numpy: the NumPy/OpenCV oracle in a tf.numpy_function). Each thread count is timed in its own
 process kept on that many CPUs (os.sched_setaffinity, set before TensorFlow starts), so that
 TensorFlow's own thread pools (XLA, Eigen) and the consuming Python thread share the same cores
-and "one thread" means one core. From the one- and two-thread rates it derives the serial
+and "one thread" means one core (--pin 0 limits only tf.data's pool, as the figures of issue
+13 were taken). From the one- and two-thread rates it derives the serial
 fraction by Amdahl's law, projects the rate of a 16-core host and says what bounds it: the
 serial fraction, the CPU time per sample, and (tf) the rate of the stages after the map alone
 (skip checks, batching, cast, consumer), which run one sample after another. It also reports
@@ -127,14 +128,15 @@ def limit_cores(count):
     return len(allowed) or os.cpu_count()
 
 
-def child_rate(cfg, samples, warmup_batches, compile_samples, threads):
-    """measure_rate in this (fresh) process on `threads` CPUs, kernels compiled beforehand.
+def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True):
+    """measure_rate in this (fresh) process, on `threads` CPUs when pin, kernels compiled
+    beforehand.
 
     Run through a spawned process (timed_in_child) so that the CPU limit is set before
     TensorFlow starts its thread pools: XLA's and Eigen's threads then share the same cores as
     tf.data's, and one thread means one core.
     """
-    cores = limit_cores(threads)
+    cores = limit_cores(threads if pin else 0)
     compile_kernels(cfg, compile_samples)
     return dict(measure_rate(cfg, samples, warmup_batches, threads), cores=cores)
 
@@ -287,7 +289,7 @@ def time_pipeline(cfg, arguments, thread_counts):
     for threads in thread_counts:
         results[threads] = timed_in_child(child_rate, cfg, arguments.samples,
                                           arguments.warmup_batches, arguments.compile_samples,
-                                          threads)
+                                          threads, bool(arguments.pin))
         print(f"{cfg.pipeline} pipeline, {threads or 'default'} thread(s): {results[threads]}",
               flush=True)
     rates = {threads: result["samples_per_second"] for threads, result in results.items()}
@@ -338,6 +340,10 @@ def parse_arguments(argv=None):
     parser.add_argument("--threads", default="1,2",
                         help="tf.data private thread pool sizes to time, 0 = tf.data's default "
                              "(default 1,2)")
+    parser.add_argument("--pin", type=int, default=1, choices=(0, 1),
+                        help="1: keep each timing on as many CPUs as it has threads; 0: limit "
+                             "only tf.data's thread pool, as issue 13's figures were taken "
+                             "(default 1)")
     parser.add_argument("--pipelines", default="tf",
                         help="pipelines to time in this run: tf, numpy or tf,numpy (default tf)")
     parser.add_argument("--compile_samples", type=int, default=1000,
