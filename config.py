@@ -216,6 +216,9 @@ class Config:
     pad_value: int = augmentation(128)  # Grey used where the crop falls outside the image.
     # Loss ignores cells over padding (the original counts them).
     ignore_padding: bool = augmentation(False)
+    # How samples are made: tf, TensorFlow graph ops (tf_pipeline.py) | numpy, the NumPy/OpenCV
+    # reference. Both follow the same rules but draw different random numbers.
+    pipeline: str = training("tf")
 
     # Optimisation.
     batch_size: int = training(10)  # Global batch size (split across replicas).
@@ -242,6 +245,8 @@ class Config:
     checkpoint_every_steps: int = training(1000)
     seed: int = training(0)  # Seed of shuffling, augmentation and initialisation.
     strategy: str = training("auto")  # auto | mirrored | multiworker (tf.distribute).
+    # grpc://host:port of a tf.data service dispatcher that makes the training batches, or "".
+    data_service_address: str = training("")
     mixed_precision: bool = training_state(False)  # Train with the mixed_float16 policy.
     jit_compile: bool = training(False)  # Compile the training step with XLA.
     resume: bool = training(False)  # Continue the run from its last checkpoint.

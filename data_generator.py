@@ -39,22 +39,26 @@ Loss mask (grid resolution, 1 = the loss counts, 0 = ignored)
       are not masked either: AIC uses v = 3 for joints outside the picture (or not labelled),
       and masking whole boxes for that would throw away most crowded scenes.
 
-Parallelism and the GIL
-    Each sample is made by one ``tf.numpy_function`` call (read the file, decode, warp, jitter,
-    render). tf.data runs these calls on several threads; OpenCV (decode, warp, resize, LUT)
-    and file reads release the GIL, and the remaining Python/numpy work (transform, targets,
-    mask) is kept to one or two milliseconds per sample, so two cores run roughly two samples at
-    a time; benchmarks/bench_pipeline.py measures it. Randomness comes from
-    ``np.random.default_rng((cfg.seed, shard, n))`` where n counts the samples drawn, so a
-    sample does not depend on which thread made it.
+Two pipelines (cfg.pipeline)
+    "tf" (the default): tf_pipeline.py makes each sample with TensorFlow graph ops inside
+    tf.data's parallel map (read, decode, warp, colour jitter, targets, mask), so it runs on as
+    many cores as tf.data gives it and can run on tf.data service workers (see
+    distribute_on_service and data_service.py). "numpy": the functions of this module, one
+    ``tf.numpy_function`` call per sample; OpenCV and file reads release the GIL but the
+    Python and numpy work between them does not, so it does not scale past a few cores. The
+    numpy functions stay the reference: the tests check that the graph ops give the same
+    targets, keypoints and masks. In both, randomness comes from the seed (cfg.seed, shard, n)
+    where n counts the samples drawn, so a sample does not depend on which thread made it
+    (np.random.default_rng in one, stateless TF random ops in the other: the two pipelines
+    draw different numbers).
 
 Bad input
     A sample whose image is missing, unreadable, truncated or of another size than its record
-    says is skipped and counted by reason (``skip_counts`` of make_dataset; the first few of each
-    reason are logged naming the file). Far-away, duplicate or non-finite keypoints, people with
-    one joint or none, images without people, grey or 4-channel files and extreme aspect ratios
-    all give finite targets. Only when every one of many consecutive samples is skipped does the
-    pipeline stop with an error, since then the data set itself is broken.
+    says is skipped and counted by reason (``skip_counts`` of make_dataset; the first few files
+    of each reason are logged by name). Far-away, duplicate or non-finite keypoints, people
+    with one joint or none, images without people, grey or 4-channel files and extreme aspect
+    ratios all give finite targets. Only when every one of many consecutive samples is skipped
+    does the pipeline stop with an error, since then the data set itself is broken.
 
 Command line: ``python data_generator.py --show N`` writes figures of N samples' targets into
 images/ (see --help).
@@ -326,7 +330,9 @@ def person_frames(keypoints, boxes, width, height):
     high = np.where(box_ok[:, None], clipped[:, 2:], high)
     anchorable = labelled.any(axis=1)
     found = anchorable | box_ok
-    centres = np.where(found[:, None], (low + high) / 2.0, limits / 2.0)
+    # A person with neither has low = inf and high = -inf; np.where drops the NaN they make.
+    with np.errstate(invalid="ignore"):
+        centres = np.where(found[:, None], (low + high) / 2.0, limits / 2.0)
     heights = np.where(found, high[:, 1] - low[:, 1], 0.0)
     floor = max(MIN_PERSON_HEIGHT, 0.05 * max(width, height))
     return centres, np.maximum(heights, floor), anchorable
@@ -401,39 +407,49 @@ def transform_keypoints(keypoints, matrix, flipped):
     return result
 
 
+def inverse_affine(matrix):
+    """3x3 inverse of an affine matrix in closed form (tf_pipeline.inverse_affine is the same
+    arithmetic, so both pipelines map cells back to identical source positions)."""
+    (a, b, tx), (c, d, ty) = matrix[0], matrix[1]
+    determinant = a * d - b * c
+    ia, ib, ic, id_ = d / determinant, -b / determinant, -c / determinant, a / determinant
+    return np.array([[ia, ib, -(ia * tx + ib * ty)], [ic, id_, -(ic * tx + id_ * ty)],
+                     [0.0, 0.0, 1.0]])
+
+
 def loss_mask(matrix, width, height, grid_shape, stride, masked_boxes, ignore_padding=True):
     """float32 (rows, cols, 1): 0 on cells inside a masked box, and on cells over padding when
     ignore_padding; else 1.
 
-    matrix: 3x3 source->input pixels; masked_boxes: (K, 4) source-pixel boxes to ignore. The
-    original counts padding (its miss-mask is padded with "keep"), so ignore_padding=False is
-    the paper preset's; see the module docstring.
+    matrix: 3x3 source->input pixels; masked_boxes: (K, 4) source-pixel boxes (x1, y1, x2, y2) to
+    ignore. Each cell's pixel (grid convention in the module docstring) is mapped back to the
+    source and tested against the image and the boxes, so a rotated box masks exactly the cells
+    whose centres fall inside it. The original counts padding (its miss-mask is padded with
+    "keep"), so ignore_padding=False is the paper preset's; see the module docstring.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     offset = (stride - 1) / 2.0
-    mask = np.ones((rows, cols), np.float32)
+    inverse = inverse_affine(np.asarray(matrix, dtype=np.float64))
+    grid_x = np.arange(cols, dtype=np.float64)[None, :] * stride + offset
+    grid_y = np.arange(rows, dtype=np.float64)[:, None] * stride + offset
+    source_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]  # (rows, cols)
+    source_y = inverse[1, 0] * grid_x + inverse[1, 1] * grid_y + inverse[1, 2]
+    keep = np.ones((rows, cols), bool)
     if ignore_padding:
-        grid_x, grid_y = np.meshgrid(np.arange(cols) * stride + offset,
-                                     np.arange(rows) * stride + offset)
-        inverse = np.linalg.inv(matrix)
-        source_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]
-        source_y = inverse[1, 0] * grid_x + inverse[1, 1] * grid_y + inverse[1, 2]
-        inside = ((source_x >= -0.5) & (source_x <= width - 0.5) &
-                  (source_y >= -0.5) & (source_y <= height - 0.5))
-        mask = inside.astype(np.float32)
-    for x1, y1, x2, y2 in np.asarray(masked_boxes, dtype=np.float64).reshape(-1, 4):
-        corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
-        cells = (corners @ matrix[:2, :2].T + matrix[:2, 2] - offset) / stride
-        # cv2 draws in fixed point: 4 fractional bits give sub-cell accuracy.
-        cv2.fillConvexPoly(mask, np.round(cells * 16).astype(np.int32), 0.0, cv2.LINE_8, 4)
-    return mask[:, :, None]
+        keep = ((source_x >= -0.5) & (source_x <= width - 0.5) &
+                (source_y >= -0.5) & (source_y <= height - 0.5))
+    boxes = np.asarray(masked_boxes, dtype=np.float64).reshape(-1, 4)
+    in_box = ((source_x[..., None] >= boxes[:, 0]) & (source_x[..., None] <= boxes[:, 2]) &
+              (source_y[..., None] >= boxes[:, 1]) & (source_y[..., None] <= boxes[:, 3]))
+    keep &= ~in_box.any(axis=2)
+    return keep.astype(np.float32)[:, :, None]
 
 
 def unannotated_boxes(keypoints, boxes, width, height):
     """(K, 4) boxes of the people with a finite box and no labelled joint (the masked ones).
 
-    The boxes are clipped to the image (a pixel beyond it), so absurd coordinates stay small
-    enough for OpenCV's fixed-point polygon filling.
+    The boxes are clipped to the image (a pixel beyond it): only the picture can be masked, and
+    absurd coordinates become ordinary numbers.
     """
     finite = np.isfinite(boxes).all(axis=1)
     chosen = finite & ~labelled_joints(keypoints).any(axis=1)
@@ -553,19 +569,41 @@ def sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height):
     return dict(heatmaps=heatmaps, pafs=pafs, mask=mask, keypoints=moved)
 
 
+class SkipReporter:
+    """Counts skipped samples by reason into `skip_counts` (a Counter) and logs the first
+    LOGGED_SKIPS_PER_REASON files of each reason, each file once. Thread-safe."""
+
+    def __init__(self, skip_counts=None):
+        self.skip_counts = skip_counts if skip_counts is not None else collections.Counter()
+        self.lock = threading.Lock()
+        self.logged = set()  # (reason, path) pairs already logged, so repeats stay quiet
+
+    def report(self, reason, path, message):
+        """Count one skipped sample; log `message` unless this file or reason was logged enough."""
+        with self.lock:
+            self.skip_counts[reason] += 1
+            logged = sum(1 for known, _ in self.logged if known == reason)
+            log = (reason, path) not in self.logged and logged < LOGGED_SKIPS_PER_REASON
+            if log:
+                self.logged.add((reason, path))
+        if log:
+            LOGGER.warning("sample skipped (%s): %s", reason, message)
+
+
 class SampleLoader:
-    """The numpy side of the pipeline: (record index, draw number) -> sample arrays + reason.
+    """The numpy side of the numpy pipeline: (record index, draw number) -> sample arrays +
+    reason code.
 
     Thread-safe; counts skipped samples by reason into `skip_counts` (a Counter).
     """
 
     def __init__(self, cfg, records, training, skip_counts=None, shard_index=0):
         self.cfg, self.records, self.training = cfg, records, training
-        self.skip_counts = skip_counts if skip_counts is not None else collections.Counter()
+        self.reporter = SkipReporter(skip_counts)
+        self.skip_counts = self.reporter.skip_counts
         self.shard_index = shard_index
         self.lock = threading.Lock()
         self.consecutive_skips = 0
-        self.logged = set()  # (reason, path) pairs already logged, so repeats stay quiet
         grid = cfg.input_size // cfg.stride
         self.empty = (np.zeros((cfg.input_size, cfg.input_size, 3), np.uint8),
                       np.zeros((grid, grid, NUM_HEATMAPS), np.float32),
@@ -590,16 +628,10 @@ class SampleLoader:
                 np.int32(0))
 
     def skip(self, reason, path, message):
+        self.reporter.report(reason, path, message)
         with self.lock:
-            self.skip_counts[reason] += 1
             self.consecutive_skips += 1
             consecutive = self.consecutive_skips
-            logged = sum(1 for known, _ in self.logged if known == reason)
-            log = (reason, path) not in self.logged and logged < LOGGED_SKIPS_PER_REASON
-            if log:
-                self.logged.add((reason, path))
-        if log:
-            LOGGER.warning("sample skipped (%s): %s", reason, message)
         if consecutive >= MAX_CONSECUTIVE_SKIPS:
             raise RuntimeError(f"{consecutive} samples in a row were skipped, the last because "
                                f"{message}; skip counts so far: {dict(self.skip_counts)}")
@@ -624,6 +656,18 @@ def resolve_shard(shard, input_context):
     return num_shards, shard_index, None
 
 
+PIPELINES = ("tf", "numpy")
+
+
+def pipeline_problem(cfg):
+    """What is wrong with cfg.pipeline and cfg.data_service_address, in one line, or ""."""
+    if cfg.pipeline not in PIPELINES:
+        return f"--pipeline must be one of {', '.join(PIPELINES)}, got {cfg.pipeline!r}"
+    if cfg.data_service_address and cfg.pipeline != "tf":
+        return "--data_service_address needs --pipeline tf (tf.data service runs graph ops only)"
+    return ""
+
+
 def make_dataset(cfg, split, training, shard=None, input_context=None, skip_counts=None):
     """Batched tf.data.Dataset of (images, {"heatmaps", "pafs", "mask"}) for `split`.
 
@@ -633,31 +677,84 @@ def make_dataset(cfg, split, training, shard=None, input_context=None, skip_coun
     deterministic single pass, letterboxed, last batch may be short. shard: (num_shards,
     shard_index) or a tf.distribute.InputContext (also accepted as input_context, which then
     sets the per-replica batch size). skip_counts: a Counter that receives the number of
-    skipped samples per reason.
+    skipped samples per reason. cfg.pipeline picks how samples are made: "tf" (tf_pipeline.py,
+    graph ops, the default) or "numpy" (this module's functions in a tf.numpy_function).
+    With cfg.data_service_address set, training batches are made by tf.data service workers
+    (see distribute_on_service); skip_counts then stays empty and the workers log the skips.
     """
     import tensorflow as tf
 
+    problem = pipeline_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+    service = training and bool(cfg.data_service_address)
     records = load_records(cfg, split)
+    if service:  # the workers run elsewhere, in other folders: they need absolute paths
+        records.paths = [os.path.abspath(path) for path in records.paths]
     num_shards, shard_index, per_replica = resolve_shard(shard, input_context)
     batch_size = per_replica(cfg.batch_size) if per_replica else cfg.batch_size
-    loader = SampleLoader(cfg, records, training, skip_counts, shard_index)
     dataset = tf.data.Dataset.range(len(records))
     if num_shards > 1:
         dataset = dataset.shard(num_shards, shard_index)
     if training:
         dataset = dataset.shuffle(len(records) // num_shards + 1, seed=cfg.seed,
                                   reshuffle_each_iteration=True).repeat()
+    if cfg.pipeline == "tf":
+        import tf_pipeline
+
+        reporter = None if service else SkipReporter(skip_counts)
+        samples = tf_pipeline.sample_dataset(cfg, records, dataset.enumerate(), training,
+                                             shard_index, reporter)
+    else:
+        samples = _numpy_samples(cfg, records, dataset.enumerate(), training, shard_index,
+                                 skip_counts)
+    dataset = batched(samples, batch_size, training)
+    if service:
+        dataset = distribute_on_service(dataset, cfg.data_service_address)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def batched(samples, batch_size, training):
+    """Batches of float32 images and their targets from unbatched (uint8 image, targets) pairs;
+    training drops a short last batch."""
+    import tensorflow as tf
+
+    # Both pipelines give uint8 images: the batch copies a quarter of the bytes (on parallel
+    # threads), and the cast to float32 happens once per batch.
+    dataset = samples.batch(batch_size, drop_remainder=training,
+                            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(_cast_images, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _numpy_samples(cfg, records, indices, training, shard_index, skip_counts):
+    """Unbatched (uint8 image, targets) made by SampleLoader in a tf.numpy_function."""
+    import tensorflow as tf
+
+    loader = SampleLoader(cfg, records, training, skip_counts, shard_index)
     outputs = (tf.uint8, tf.float32, tf.float32, tf.float32, tf.int32)
 
     def load(draw, index):
         return tf.numpy_function(loader, [index, draw], outputs, stateful=False)
 
-    dataset = dataset.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda *sample: tf.equal(sample[-1], 0))
-    dataset = dataset.map(_shape_sample(cfg), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    dataset = dataset.map(_cast_images, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    samples = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    samples = samples.filter(lambda *sample: tf.equal(sample[-1], 0))
+    return samples.map(_shape_sample(cfg), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def distribute_on_service(dataset, address):
+    """`dataset`'s elements, made by the tf.data service whose dispatcher is at `address`.
+
+    address: "grpc://host:port". Sharding policy DYNAMIC (a "distributed epoch"): the dispatcher
+    hands out the record indices in splits, so each worker makes different samples and a worker
+    can join or leave; which worker gets which split, and so the order of the batches, depends
+    on timing. The dataset is serialised with its graph (records included) and sent to the
+    dispatcher, which is why the pipeline must be graph ops only.
+    """
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    return dataset.apply(service.distribute(
+        processing_mode=service.ShardingPolicy.DYNAMIC, service=address))
 
 
 def synthetic_dataset(cfg, split, training, shard=None, input_context=None, batches=2):

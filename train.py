@@ -34,6 +34,22 @@ Safety
     Before each checkpoint the free space is checked; a full disk (or a failed write) stops the
     run with one line and keeps the last good checkpoint.
 
+Input pipeline
+    data_generator.make_dataset makes the batches; with --pipeline tf (the default) every sample
+    is made by TensorFlow graph ops (tf_pipeline.py) that tf.data runs on all of this host's
+    cores. When those cores cannot keep the accelerators busy, other machines can make the
+    training batches through tf.data service: start a dispatcher and workers with
+    data_service.py, then point train.py at the dispatcher:
+
+        python data_service.py dispatcher --port 5050                      # on any machine
+        python data_service.py worker --dispatcher HOST:5050 --port 5051   # on each data machine
+        python train.py --preset paper --data_service_address grpc://HOST:5050
+
+    The workers read the images themselves, at the absolute paths the records give under
+    --data_dir, so every worker must see them there (a shared file system) and run the same
+    TensorFlow; the batches arrive in an order that depends on the workers' timing. Validation
+    batches are still made by this host. See data_service.py.
+
 Outputs (the chief worker only)
     models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser,
                                  the run's config stored inside: model.embed_config)
@@ -876,6 +892,9 @@ def train(cfg, dataset_fn=None):
     dataset_fn(cfg, split, training[, input_context]) -> batched dataset; default
     data_generator.make_dataset on the records. Raises TrainError for expected failures.
     """
+    problem = data_generator.pipeline_problem(cfg) if dataset_fn is None else ""
+    if problem:
+        raise TrainError(problem)
     run = Run.open(cfg)
     try:
         resolve_steps(run, real_data=dataset_fn is None)

@@ -2,20 +2,35 @@
 
 Runs ``data_generator.make_dataset(cfg, "train", training=True)`` on the synthetic AIC set and
 times how many samples per second come out of the batched, prefetched tf.data pipeline after a
-warm-up. The synthetic set is created when missing with
+warm-up, with tf.data's private thread pool limited to each of --threads in turn (and one
+thread per op), all in one run, for each pipeline of --pipelines (tf: graph ops, the default;
+numpy: the NumPy/OpenCV oracle in a tf.numpy_function). Each thread count is timed in its own
+process kept on that many CPUs (os.sched_setaffinity, set before TensorFlow starts), so that
+TensorFlow's own thread pools (XLA, Eigen) and the consuming Python thread share the same cores
+and "one thread" means one core (--pin 0 limits only tf.data's pool, as the figures of issue
+13 were taken). From the one- and two-thread rates it derives the serial
+fraction by Amdahl's law, projects the rate of a 16-core host and says what bounds it: the
+serial fraction, the CPU time per sample, and (tf) the rate of the stages after the map alone
+(skip checks, batching, cast, consumer), which run one sample after another. It also reports
+how many cores each setting kept busy (CPU time / wall time). The synthetic set is created
+when missing with
 
     python pre-process.py --synthetic N --seed 0 --data_dir DIR
     python pre-process.py --data_dir DIR --records_dir DIR/records
 
 (DIR defaults to $TMPDIR/openpose_bench_synthetic, N to --images); pass --records_dir (and
 --data_dir) to time other records, such as the real AIC set, instead. --profile also times each
-stage of one sample on one thread (decode, warp, colour jitter, targets, mask), which shows what
-bounds the pipeline.
+stage of each pipeline for a few samples on one thread.
 
-    python benchmarks/bench_pipeline.py --samples 2000                  # paper preset, 368 x 368
-    python benchmarks/bench_pipeline.py --samples 2000 --preset cpu     # 192 x 192, stride 4
+    python benchmarks/bench_pipeline.py                                 # paper preset, 368 x 368
+    python benchmarks/bench_pipeline.py --pipelines tf,numpy            # both, in one run
+    python benchmarks/bench_pipeline.py --preset cpu                    # 160 x 160, stride 4
 
-The last line printed is JSON with the rate, the load average and the stage times.
+The tf pipeline compiles its XLA kernels the first time each size is met; the untimed
+--compile_samples pass before each measurement meets most of them, and the JSON says how many
+new ones were compiled while timing. The load average before and after is in the JSON: figures
+from a busy machine are low, and their thread scaling means little. The last line printed is
+JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import collections
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -42,6 +58,11 @@ import config  # noqa: E402
 import data_generator  # noqa: E402
 
 
+# Issue 13's goals for the paper preset on a quiet 2-core machine: one thread at least the
+# numpy pipeline's 295 samples/s, two threads at least 1.85 times one.
+ONE_THREAD_GOAL, SPEEDUP_GOAL = 295.0, 1.85
+
+
 def ensure_synthetic_set(data_dir, images):
     """Create the synthetic set and its records under data_dir unless train.jsonl exists."""
     records_dir = os.path.join(data_dir, "records")
@@ -55,24 +76,149 @@ def ensure_synthetic_set(data_dir, images):
     return records_dir
 
 
-def measure_rate(cfg, samples, warmup_batches):
-    """(samples per second, skip counts) of the training dataset after warm-up batches."""
+def thread_options(threads):
+    """tf.data options that limit the private thread pool to `threads` (0: tf.data's default)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    if threads:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def compiled_kernels():
+    """How many XLA kernels the tf pipeline has traced so far in this process."""
+    import tf_pipeline
+
+    return sum(function.experimental_get_tracing_count()
+               for function in tf_pipeline._COMPILED.values())
+
+
+def measure_rate(cfg, samples, warmup_batches, threads):
+    """Rate, CPU cost and skips of the training dataset on `threads` tf.data threads."""
     skip_counts = collections.Counter()
     dataset = data_generator.make_dataset(cfg, "train", True, skip_counts=skip_counts)
-    iterator = iter(dataset)
+    iterator = iter(dataset.with_options(thread_options(threads)))
     for _ in range(warmup_batches):
         next(iterator)
     batches = max(1, math.ceil(samples / cfg.batch_size))
-    start = time.perf_counter()
+    kernels = compiled_kernels() if cfg.pipeline == "tf" else 0
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         images, targets = next(iterator)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     assert images.shape[1] == cfg.input_size and targets["pafs"].shape[-1] == config.NUM_PAFS
-    return batches * cfg.batch_size / seconds, dict(skip_counts)
+    count = batches * cfg.batch_size
+    return {"samples_per_second": round(count / seconds, 1),
+            "cpu_ms_per_sample": round(cpu_seconds / count * 1e3, 3),
+            "cores_busy": round(cpu_seconds / seconds, 2),
+            "kernels_compiled_while_timing": (compiled_kernels() if cfg.pipeline == "tf"
+                                              else 0) - kernels,
+            "skipped": dict(skip_counts)}
+
+
+def limit_cores(count):
+    """Keep this process (and the threads it starts from now on) on `count` of its CPUs; 0 or
+    more than it has: leave it alone. Returns the number of CPUs it may use."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if allowed and 0 < count < len(allowed):
+        os.sched_setaffinity(0, allowed[:count])
+        return count
+    return len(allowed) or os.cpu_count()
+
+
+def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True):
+    """measure_rate in this (fresh) process, on `threads` CPUs when pin, kernels compiled
+    beforehand.
+
+    Run through a spawned process (timed_in_child) so that the CPU limit is set before
+    TensorFlow starts its thread pools: XLA's and Eigen's threads then share the same cores as
+    tf.data's, and one thread means one core.
+    """
+    cores = limit_cores(threads if pin else 0)
+    compile_kernels(cfg, compile_samples)
+    return dict(measure_rate(cfg, samples, warmup_batches, threads), cores=cores)
+
+
+def timed_in_child(function, *arguments):
+    """function(*arguments) in a freshly spawned Python process; returns its result."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, arguments)
+
+
+def compile_kernels(cfg, samples):
+    """Draw `samples` training samples untimed, so the XLA kernels are compiled beforehand."""
+    if cfg.pipeline == "tf" and samples > 0:
+        for _ in data_generator.make_dataset(cfg, "train", True).take(
+                max(1, samples // cfg.batch_size)):
+            pass
+
+
+def profile_tf_stages(cfg, samples):
+    """CPU milliseconds per sample of the tf pipeline's stages, one thread, one after another.
+
+    Each stage is timed as a tf.function of the stages up to it (so as the graph ops run in
+    tf.data, call overhead included) over `samples` records, after one untimed pass that
+    compiles the XLA kernels; the differences are the stages' costs.
+    """
+    import tensorflow as tf
+    import tf_pipeline as tp
+
+    records = data_generator.load_records(cfg, "train")
+    tensors = tp.RecordTensors(records)
+
+    def opened(draw, index):
+        path, pattern, size, keypoints, boxes = tensors.record(index)
+        return tp.open_image(size, path, pattern), keypoints, boxes
+
+    def planned(draw, index):
+        (contents, kind, reason, shape, whole, width, height), keypoints, boxes = \
+            opened(draw, index)
+        draws = tp.sample_draws(cfg.seed, 0, draw, index)
+        plan = tp.planned(cfg, keypoints, boxes, width, height, shape, kind == 1, draws)
+        return contents, kind, whole, plan, draws
+
+    def decoded(draw, index):
+        contents, kind, whole, plan, draws = planned(draw, index)
+        return tp.decode_window(contents, kind, plan[3], whole, plan[4]), plan, draws
+
+    def warped(draw, index):
+        pixels, plan, draws = decoded(draw, index)
+        return tp.warp_window(cfg, pixels, plan[5], draws[6:]), plan[:3]
+
+    stages = (("call", lambda draw, index: index + 1), ("read_and_check", opened),
+              ("plan_targets_mask", planned), ("decode_window", decoded), ("warp_jitter", warped))
+    arguments = [(tf.constant(number, tf.int64), tf.constant(number % len(records), tf.int64))
+                 for number in range(samples)]
+    totals = {}
+    for name, stage in stages:
+        function = tf.function(stage)
+        for pair in arguments:  # compiles every kernel these samples need
+            function(*pair)
+        start = time.process_time()
+        for pair in arguments:
+            function(*pair)
+        totals[name] = (time.process_time() - start) / samples * 1e3
+    names = [name for name, _ in stages]
+    result = {name: round(totals[name] - (totals[names[number - 1]] if number else 0.0), 3)
+              for number, name in enumerate(names)}
+    result["total"] = round(totals[names[-1]], 3)
+    return result
+
+
+def amdahl(rates, cores=16):
+    """(serial fraction, projected rate on `cores`) from the one- and two-thread rates."""
+    one, two = rates.get(1), rates.get(2)
+    if not one or not two:
+        return None, None
+    serial = min(max(2.0 * one / two - 1.0, 0.0), 1.0)
+    return round(serial, 4), round(one / (serial + (1.0 - serial) / cores), 1)
 
 
 def profile_stages(cfg, samples):
-    """Mean milliseconds per sample of each stage, run one after another on one thread."""
+    """Mean milliseconds per sample of each stage of the numpy path, one after another on one
+    thread (wall time: OpenCV may use more than one core)."""
     records = data_generator.load_records(cfg, "train")
     timings = collections.defaultdict(float)
     for number in range(samples):
@@ -111,43 +257,142 @@ def profile_stages(cfg, samples):
     return result
 
 
-def main(argv=None):
+def serial_stage_rate(cfg, samples, batches):
+    """Samples per second through the stages after the map alone (tf pipeline): the skip checks
+    (tf_pipeline.checked_samples), batching, the cast and the consuming Python loop, on samples
+    made beforehand and cached, with every core. These run one sample after another, so no
+    number of cores takes the pipeline past this rate."""
+    import tensorflow as tf
+    import tf_pipeline
+
+    records = data_generator.load_records(cfg, "train")
+    indices = tf.data.Dataset.range(len(records)).repeat().enumerate().take(samples)
+    made = tf_pipeline.made_samples(cfg, records, indices, True, 0).cache()
+    for _ in made:  # fills the cache
+        pass
+    # Draw numbers renumbered after each pass, so the skip check sees no gap.
+    stream = made.repeat().enumerate().map(lambda number, sample: (*sample[:6], number))
+    dataset = data_generator.batched(tf_pipeline.checked_samples(stream), cfg.batch_size, True)
+    iterator = iter(dataset.prefetch(tf.data.AUTOTUNE))
+    for _ in range(3):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return round(batches * cfg.batch_size / (time.perf_counter() - start), 1)
+
+
+def time_pipeline(cfg, arguments, thread_counts):
+    """({threads: measure_rate result}, summary) of cfg.pipeline, each thread count timed in
+    its own process on that many cores; printed as it goes."""
+    results = {}
+    for threads in thread_counts:
+        results[threads] = timed_in_child(child_rate, cfg, arguments.samples,
+                                          arguments.warmup_batches, arguments.compile_samples,
+                                          threads, bool(arguments.pin))
+        print(f"{cfg.pipeline} pipeline, {threads or 'default'} thread(s): {results[threads]}",
+              flush=True)
+    rates = {threads: result["samples_per_second"] for threads, result in results.items()}
+    serial, projected = amdahl(rates)
+    summary = {"two_thread_speedup": round(rates[2] / rates[1], 3) if 1 in rates and 2 in rates
+               else None, "serial_fraction": serial, "projected_16_cores": projected}
+    if cfg.pipeline == "tf":
+        summary["serial_stages_alone"] = timed_in_child(
+            serial_stage_rate, cfg, 200, max(100, arguments.samples // cfg.batch_size))
+    summary["bound"] = describe_bound(rates, summary, results)
+    if summary["two_thread_speedup"] is not None and cfg.preset == "paper":
+        # Issue 13's goals: today's numpy rate on one thread, under 8% serial.
+        summary["goals_met"] = {"one_thread_at_least_295": rates[1] >= ONE_THREAD_GOAL,
+                                "two_threads_at_least_1.85x":
+                                    summary["two_thread_speedup"] >= SPEEDUP_GOAL}
+    print(f"{cfg.pipeline} pipeline: {summary}", flush=True)
+    return results, summary
+
+
+def describe_bound(rates, summary, results):
+    """One sentence: the 16-core projection and what limits it."""
+    if summary["serial_fraction"] is None:
+        return "time 1 and 2 threads (--threads 1,2) to project a 16-core host"
+    one, serial = rates[1], summary["serial_fraction"]
+    cpu_ms = results[1]["cpu_ms_per_sample"]
+    text = (f"16 cores: {summary['projected_16_cores']} samples/s by Amdahl's law from the 1- "
+            f"and 2-thread rates ({serial:.1%} of a sample's time serial); the work itself, "
+            f"{cpu_ms} CPU ms per sample, would allow {round(16e3 / cpu_ms)} samples/s on 16 "
+            "cores with nothing serial")
+    if serial > 0:
+        text += f", and the serial part caps any number of cores at {round(one / serial)}"
+    if summary.get("serial_stages_alone"):
+        text += (f"; the stages after the map alone (skip checks, batching, cast, consumer) run "
+                 f"at {summary['serial_stages_alone']} samples/s")
+    return text + (". Not modelled: file reads from a slower disk, memory bandwidth, and the "
+                   "training step's own CPU use.")
+
+
+def parse_arguments(argv=None):
+    """(arguments, cfg) of the command line; cfg points at the synthetic set unless records
+    were named."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=2000, help="samples to time (default 2000)")
+    parser.add_argument("--samples", type=int, default=2000,
+                        help="samples to time per setting (default 2000)")
     parser.add_argument("--warmup_batches", type=int, default=10,
-                        help="batches drawn before timing starts (default 10)")
+                        help="batches drawn before each timing starts (default 10)")
+    parser.add_argument("--threads", default="1,2",
+                        help="tf.data private thread pool sizes to time, 0 = tf.data's default "
+                             "(default 1,2)")
+    parser.add_argument("--pin", type=int, default=1, choices=(0, 1),
+                        help="1: keep each timing on as many CPUs as it has threads; 0: limit "
+                             "only tf.data's thread pool, as issue 13's figures were taken "
+                             "(default 1)")
+    parser.add_argument("--pipelines", default="tf",
+                        help="pipelines to time in this run: tf, numpy or tf,numpy (default tf)")
+    parser.add_argument("--compile_samples", type=int, default=1000,
+                        help="untimed samples drawn first so the XLA kernels get compiled "
+                             "(default 1000)")
     parser.add_argument("--images", type=int, default=500,
                         help="synthetic images to create when the set is missing (default 500)")
     parser.add_argument("--synthetic_dir", default=os.path.join(
         tempfile.gettempdir(), "openpose_bench_synthetic"),
         help="where the synthetic set lives or is created")
     parser.add_argument("--profile", type=int, default=200, metavar="N",
-                        help="samples for the one-thread stage profile; 0 skips it (default 200)")
+                        help="samples for the one-thread stage profiles of the pipelines timed; "
+                             "0 skips them (default 200)")
     config.add_config_arguments(parser)
     arguments = parser.parse_args(argv)
     cfg = config.config_from_args(arguments)
     if arguments.cfg_records_dir is None:  # no records named: use (or make) the synthetic set
         records_dir = ensure_synthetic_set(arguments.synthetic_dir, arguments.images)
         cfg = dataclasses.replace(cfg, data_dir=arguments.synthetic_dir, records_dir=records_dir)
+    return arguments, cfg
+
+
+def main(argv=None):
+    arguments, cfg = parse_arguments(argv)
+    thread_counts = [int(value) for value in arguments.threads.split(",")]
     load_before = os.getloadavg()
-    rate, skips = measure_rate(cfg, arguments.samples, arguments.warmup_batches)
+    results, projections = {}, {}
+    for pipeline in arguments.pipelines.split(","):
+        results[pipeline], projections[pipeline] = time_pipeline(
+            dataclasses.replace(cfg, pipeline=pipeline), arguments, thread_counts)
     load_after = os.getloadavg()
-    stages = profile_stages(cfg, arguments.profile) if arguments.profile else {}
-    result = {
+    for pipeline, summary in projections.items():
+        print(f"{pipeline} pipeline, what bounds it: {summary['bound']}", flush=True)
+    profiles = {}
+    if arguments.profile:
+        for pipeline in arguments.pipelines.split(","):
+            profile = profile_tf_stages if pipeline == "tf" else profile_stages
+            profiles[pipeline] = profile(dataclasses.replace(cfg, pipeline=pipeline),
+                                         arguments.profile)
+            print(f"{pipeline} pipeline, one thread, stage by stage (CPU ms per sample): "
+                  f"{profiles[pipeline]}", flush=True)
+    print(json.dumps({
         "preset": cfg.preset, "input_size": cfg.input_size, "stride": cfg.stride,
-        "batch_size": cfg.batch_size, "samples": arguments.samples,
-        "samples_per_second": round(rate, 1), "cpu_count": os.cpu_count(),
+        "batch_size": cfg.batch_size, "samples": arguments.samples, "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
-        "skipped": skips, "one_thread_ms_per_sample": stages,
-    }
-    if stages:
-        print(f"one thread: {stages['total']:.2f} ms/sample -> "
-              f"{1e3 / stages['total']:.0f} samples/s per core; stages {stages}")
-    print(f"pipeline: {rate:.1f} samples/s at {cfg.input_size}x{cfg.input_size} "
-          f"(preset {cfg.preset}, load {load_before[0]:.2f} before, {load_after[0]:.2f} after)")
-    print(json.dumps(result))
+        "results": {pipeline: {str(threads): result for threads, result in by_threads.items()}
+                    for pipeline, by_threads in results.items()},
+        "amdahl": projections, "one_thread_stage_ms_per_sample": profiles}))
 
 
 if __name__ == "__main__":

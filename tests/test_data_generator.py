@@ -136,7 +136,8 @@ def test_zero_length_limb_and_unlabelled_joints_make_nothing():
     assert pafs.any() and heatmaps[3, 3, 13] == pytest.approx(1.0)
 
 
-def test_targets_are_finite_for_hostile_keypoints():
+def hostile_keypoints():
+    """(6, 14, 3) keypoints with NaN and infinite coordinates, far-away and duplicate joints."""
     rng = np.random.default_rng(0)
     keypoints = rng.uniform(-50, 100, size=(6, J, 3))
     keypoints[..., 2] = rng.integers(1, 4, size=(6, J))
@@ -145,7 +146,11 @@ def test_targets_are_finite_for_hostile_keypoints():
     keypoints[1, :, :2] = 1e30  # far outside, and all duplicates of each other
     keypoints[2, :, :2] = (10.0, 10.0)  # every joint on one spot
     keypoints[:3, :, 2] = 1
-    heatmaps, pafs = dg.render_targets(keypoints, (12, 11), 8, 7.0, 1.0)
+    return keypoints
+
+
+def test_targets_are_finite_for_hostile_keypoints():
+    heatmaps, pafs = dg.render_targets(hostile_keypoints(), (12, 11), 8, 7.0, 1.0)
     assert np.isfinite(heatmaps).all() and np.isfinite(pafs).all()
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
     assert np.abs(pafs).max() <= 1 + 1e-6 and pafs.any()

@@ -467,6 +467,16 @@ def error_lines(stderr):
             and "rebuild TensorFlow" not in line]
 
 
+def test_an_unknown_pipeline_or_a_numpy_service_is_refused_before_the_run_starts(tmp_path):
+    refused = ((dict(pipeline="opencv"), "--pipeline must be one of tf, numpy"),
+               (dict(pipeline="numpy", data_service_address="grpc://host:5050"),
+                "--data_service_address needs --pipeline tf"))
+    for overrides, message in refused:
+        with pytest.raises(train.TrainError, match=message):
+            train.main(tiny_config(tmp_path, **overrides))
+    assert not (tmp_path / "models").exists()
+
+
 def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
     flags = TINY_FLAGS + ["--records_dir", str(tmp_path / "nothing"), "--models_dir",
                           str(tmp_path / "models"), "--logs_dir", str(tmp_path / "logs")]
