@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 
-from config import AIC_OKS_SIGMAS, NUM_JOINTS
+# The AI Challenger metric's per-keypoint constants (NumPy-only module, no TensorFlow).
+from aic_metric import OKS_DELTAS
+from config import NUM_JOINTS
 
-# The AI Challenger metric's per-keypoint constants: the evaluator doubles the sigmas.
-OKS_DELTAS = 2.0 * np.asarray(AIC_OKS_SIGMAS, dtype=np.float64)
 # Joints found in both frames that a velocity estimate needs.
 MIN_VELOCITY_JOINTS = 3
 

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+import aic_metric  # noqa: E402
 import inference  # noqa: E402
 import runtimes  # noqa: E402
 import synthetic  # noqa: E402
@@ -51,8 +52,10 @@ def metric_similarity(truth, found):
     truth, found = np.asarray(truth, np.float64), np.asarray(found, np.float64)
     extent = truth[:, :, :2].max(axis=1) - truth[:, :, :2].min(axis=1)
     area = extent[:, 0] * extent[:, 1]
-    distance2 = ((truth[:, None, :, :2] - found[None, :, :, :2]) ** 2).sum(axis=3)
-    terms = np.exp(-distance2 / 2.0 / tracking.OKS_DELTAS ** 2 / (area[:, None, None] + 1.0))
+    true_index, found_index = (index.ravel() for index in np.indices((len(truth), len(found))))
+    terms = aic_metric.keypoint_terms(truth[true_index], area[true_index] + 1.0,
+                                      found[found_index, :, :2])
+    terms = terms.reshape(len(truth), len(found), -1)
     return (terms * (found[None, :, :, 2] > 0)).mean(axis=2)
 
 
