@@ -484,7 +484,7 @@ def _annotate_video(network, cfg, capture, writer_path, args, tracks_handle=None
             writer.release()
         if args.show:
             cv2.destroyAllWindows()
-    if not args.video.isdigit() and not (args.max_frames and count == args.max_frames):
+    if not live and not (args.max_frames and count == args.max_frames):
         warn_if_cut(args.video, count, announced)
     return entries, count, annotator.rate()
 
