@@ -28,7 +28,8 @@ Randomness
 Where the time goes, and XLA
     Per sample, everything but the pixels (the random transform, the target maps and the loss
     mask: training_plan) is one XLA-compiled function; XLA needs static shapes, so the sample's
-    people are padded with empty ones to one of PEOPLE_COUNTS. The pixels: the JPEG header gives
+    people are padded with empty ones to one of PEOPLE_COUNTS. Its targets are drawn one person
+    at a time (render_targets), which made the plan about 2.5 times cheaper. The pixels: the JPEG header gives
     the size; only the window of the (DCT-reduced) image that the crop reads is decoded
     (decode_and_crop_jpeg); the warp and the colour jitter are one XLA kernel over the output
     (window_kernel), the window flattened and zero-padded to one of WINDOW_PIXELS. Both are
@@ -45,8 +46,8 @@ Images
     integers and a constant border of cfg.pad_value blended into edge pixels, as cv2.warpAffine; the
     colour jitter is the numpy path's, computed in float32 and rounded to uint8 once at the end (the
     numpy path rounds after each step, so the two differ by a grey level or two). Samples carry
-    uint8 pixels, as the numpy path's do, so that batching copies a quarter of the bytes;
-    make_dataset casts the batches to float32. Validation resizes with area averaging
+    uint8 pixels, as the numpy path's do, and so do the batches (the model casts them; see
+    data_generator.batched). Validation resizes with area averaging
     (tf.image.resize, like cv2's INTER_AREA) and pads bottom/right.
 
 Bad input
@@ -100,12 +101,12 @@ def labelled_joints(keypoints):
             & tf.math.is_finite(keypoints[..., 0]) & tf.math.is_finite(keypoints[..., 1]))
 
 
-def render_heatmaps(keypoints, grid_shape, stride, sigma):
-    """float32 (rows, cols, NUM_HEATMAPS): data_generator.render_heatmaps as graph ops.
+def gaussian_factors(keypoints, grid_shape, stride, sigma):
+    """(along_x float32 (P, 14, cols), along_y float32 (P, 14, rows)): the separable Gaussian.
 
-    keypoints: float64 (P, 14, 3) in input pixels (P may be 0); grid_shape: Python (rows, cols).
-    The Gaussian is separable: a row and a column of exp() per (person, joint) in float64, cast to
-    float32 and multiplied over a (P, rows, cols, 14) grid, then the max over people.
+    keypoints: float64 (P, 14, 3) in input pixels; grid_shape: Python (rows, cols). Joint j of
+    person p puts along_y[p, j, r] * along_x[p, j, c] on cell (r, c); the exp() is float64, as
+    numpy's, and unlabelled joints have zero factors.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     labelled = labelled_joints(keypoints)
@@ -114,15 +115,10 @@ def render_heatmaps(keypoints, grid_shape, stride, sigma):
     xs = tf.range(cols, dtype=F64) * stride + offset
     ys = tf.range(rows, dtype=F64) * stride + offset
     spread = 2 * sigma * sigma
-    along_x = tf.exp(-tf.square(xs[None, :, None] - points[:, None, :, 0]) / spread)
-    along_y = tf.exp(-tf.square(ys[None, :, None] - points[:, None, :, 1]) / spread)
-    along_x = tf.cast(along_x * tf.cast(labelled, F64)[:, None, :], tf.float32)  # (P, cols, 14)
-    gaussians = tf.cast(along_y, tf.float32)[:, :, None, :] * along_x[:, None, :, :]
-    # The max over no people at all is -inf; no person means zero maps.
-    joints = tf.maximum(tf.reduce_max(gaussians, axis=0), 0.0)
-    joints = tf.reshape(joints, [rows, cols, NUM_JOINTS])
-    background = 1.0 - tf.reduce_max(joints, axis=2, keepdims=True)
-    return tf.concat([joints, background], axis=2)
+    along_x = tf.exp(-tf.square(xs - points[..., 0, None]) / spread)
+    along_y = tf.exp(-tf.square(ys - points[..., 1, None]) / spread)
+    return (tf.cast(along_x * tf.cast(labelled, F64)[..., None], tf.float32),
+            tf.cast(along_y, tf.float32))
 
 
 def limb_instances(keypoints, stride):
@@ -155,43 +151,73 @@ def _hypot(x, y):
     return largest * tf.sqrt(tf.square(x / safe) + tf.square(y / safe))
 
 
-def render_pafs(keypoints, grid_shape, stride, paf_width):
-    """float32 (rows, cols, 2 * NUM_LIMBS): data_generator.render_pafs as graph ops.
+def limb_terms(keypoints, grid_shape, stride):
+    """The per-row and per-column parts of the cell test of every (person, limb) pair.
 
-    keypoints: float64 (P, 14, 3) in input pixels. Every (person, limb) pair is tested on every
-    cell as a (P, L, rows, cols) grid: a cell is on it when its projection onto the limb falls
-    within the segment and its distance from the line is <= paf_width cells (the float64
-    arithmetic of data_generator._cells_on_limbs, so that cells on a limb's edge are decided
-    alike). The unit vectors and the number of people on each (limb, cell) are summed over the
-    people (in float32) and the sums divided by the counts.
+    keypoints: float64 (P, 14, 3). A cell (r, c) is on limb l of person p when
+    |along_columns[p, l, c] + along_rows[p, l, r]| <= along_limits[p, l] and
+    |across_columns[p, l, c] - across_rows[p, l, r]| <= the PAF width (+ BOUNDARY_EPSILON):
+    its projection onto the limb falls within the segment (|along - length / 2| <= length / 2,
+    one comparison fewer per cell) and its distance from the line is small; the float64
+    arithmetic of data_generator._cells_on_limbs, so that cells on an edge are decided alike.
+    Returns a dict of those float64 terms ((P, L, cols), (P, L, rows), limits (P, L, 1, 1)) and
+    the unit vectors' float32 components weights_x, weights_y (P, L, 1, 1).
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     starts, units, lengths = limb_instances(keypoints, stride)
     dx = tf.range(cols, dtype=F64) - starts[..., 0, None]  # (P, L, cols)
     dy = tf.range(rows, dtype=F64) - starts[..., 1, None]  # (P, L, rows)
     ux, uy = units[..., 0, None], units[..., 1, None]  # (P, L, 1)
-    # -eps <= along <= length + eps, written as |along - length / 2| <= length / 2 + eps with
-    # the half length folded into the column term: one comparison fewer per cell.
     half = lengths[..., None] / 2.0
-    along = (dx * ux - half)[:, :, None, :] + (dy * uy)[:, :, :, None]  # (P, L, rows, cols)
-    across = (dx * uy)[:, :, None, :] - (dy * ux)[:, :, :, None]
-    on = tf.cast((tf.abs(along) <= half[..., None] + dg.BOUNDARY_EPSILON)
-                 & (tf.abs(across) <= paf_width + dg.BOUNDARY_EPSILON), tf.float32)
-    # The count and the two unit-vector sums over the people as one contraction (a small matrix
-    # product that reads `on` once); float32 sums of at most P unit vectors stay within 1e-7.
-    weights = tf.cast(tf.concat([tf.ones_like(units[..., :1]), units], axis=-1), tf.float32)
-    sums = tf.einsum("plrc,plk->rclk", on, weights)  # (rows, cols, L, 3): count, x, y
-    fields = sums[..., 1:] / tf.maximum(sums[..., :1], 1.0)
-    return tf.reshape(fields, [rows, cols, 2 * NUM_LIMBS])
+    return {"along_columns": dx * ux - half, "along_rows": dy * uy,
+            "across_columns": dx * uy, "across_rows": dy * ux,
+            "along_limits": (half + dg.BOUNDARY_EPSILON)[..., None],
+            "weights_x": tf.cast(ux, tf.float32)[..., None],
+            "weights_y": tf.cast(uy, tf.float32)[..., None]}
 
 
 def render_targets(keypoints, grid_shape, stride, sigma, paf_width):
     """(heatmaps float32 (rows, cols, 15), pafs float32 (rows, cols, 30)) of one sample.
 
-    keypoints: float64 (P, 14, 3) of (x, y, v) in input pixels; see data_generator.render_targets.
+    keypoints: float64 (P, 14, 3) of (x, y, v) in input pixels (P may be 0 or unknown when
+    traced); see data_generator.render_targets. A loop over the people max-combines each one's
+    Gaussians and, for every limb, counts the people on each cell and sums their unit vectors
+    (float32); the PAFs are the sums divided by the counts. One person at a time and channels
+    first (contiguous grid cells), XLA's CPU code runs each step as one vectorised loop; all
+    people at once, or channels last, measured up to three times slower (XLA recomputed the
+    cell test for each channel and split every flat index into row, column and channel).
     """
-    return (render_heatmaps(keypoints, grid_shape, stride, sigma),
-            render_pafs(keypoints, grid_shape, stride, paf_width))
+    rows, cols = int(grid_shape[0]), int(grid_shape[1])
+    # One unlabelled person more in the per-person factors, so that the loop body's slices are
+    # valid when XLA compiles it for a sample with nobody (the loop then runs no step).
+    spare = tf.constant([[[0.0, 0.0, config.UNLABELLED]] * NUM_JOINTS], F64)
+    padded = tf.concat([keypoints, spare], axis=0)
+    along_x, along_y = gaussian_factors(padded, grid_shape, stride, sigma)
+    terms = limb_terms(padded, grid_shape, stride)
+    across_limit = paf_width + dg.BOUNDARY_EPSILON
+
+    def add_person(person, joints, count, sum_x, sum_y):
+        joints = tf.maximum(joints, along_y[person][:, :, None] * along_x[person][:, None, :])
+        along = terms["along_columns"][person][:, None, :] + terms["along_rows"][person][..., None]
+        across = (terms["across_columns"][person][:, None, :]
+                  - terms["across_rows"][person][..., None])
+        on = tf.cast((tf.abs(along) <= terms["along_limits"][person])
+                     & (tf.abs(across) <= across_limit), tf.float32)  # (L, rows, cols)
+        return (person + 1, joints, count + on, sum_x + on * terms["weights_x"][person],
+                sum_y + on * terms["weights_y"][person])
+
+    limb_maps = tf.zeros([NUM_LIMBS, rows, cols])
+    # Gaussians are >= 0, so starting the max from zeros gives zero maps for no people.
+    start = (tf.constant(0), tf.zeros([NUM_JOINTS, rows, cols]), limb_maps, limb_maps, limb_maps)
+    _, joints, count, sum_x, sum_y = tf.while_loop(
+        lambda person, *maps: person < tf.shape(keypoints)[0], add_person, start)
+    background = 1.0 - tf.reduce_max(joints, axis=0, keepdims=True)
+    divisor = tf.maximum(count, 1.0)
+    # Channels 2l and 2l + 1 are limb l's x and y.
+    fields = tf.reshape(tf.stack([sum_x / divisor, sum_y / divisor], axis=1),
+                        [2 * NUM_LIMBS, rows, cols])
+    return (tf.transpose(tf.concat([joints, background], axis=0), [1, 2, 0]),
+            tf.transpose(fields, [1, 2, 0]))
 
 
 # ---------------------------------------------------------------------------------------------

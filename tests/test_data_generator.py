@@ -366,7 +366,7 @@ def test_make_dataset_shapes_dtypes_and_values(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(5))
     dataset = dg.make_dataset(cfg, "train", True)
     images, targets = dataset.element_spec
-    assert tuple(images.shape) == (2, 32, 32, 3) and images.dtype.name == "float32"
+    assert tuple(images.shape) == (2, 32, 32, 3) and images.dtype.name == "uint8"
     assert tuple(targets["heatmaps"].shape) == (2, 8, 8, 15)
     assert tuple(targets["pafs"].shape) == (2, 8, 8, 30)
     assert tuple(targets["mask"].shape) == (2, 8, 8, 1)

@@ -110,6 +110,22 @@ def test_tf_targets_by_hand():
     assert tuple(pafs[4, 2, [cx, cy]]) == (1.0, 0.0)
 
 
+def test_compiled_targets_with_the_people_count_left_open_equal_numpy():
+    # As the training plan runs them: XLA-compiled, traced once for any number of people, the
+    # loop over the people running as many times as the sample has.
+    compiled = tf.function(lambda keypoints: tp.render_targets(keypoints, (9, 9), 4, 2.0, 1.0),
+                           jit_compile=True, autograph=False, input_signature=[
+                               tf.TensorSpec([None, J, 3], tf.float64)])
+    crowd = np.concatenate([HAND_CASES["overlapping limbs averaged"][0],
+                            HAND_CASES["two people, max"][0]])
+    for keypoints in (np.zeros((0, J, 3)), crowd[:1], crowd):
+        found = compiled(tf.constant(keypoints, tf.float64))
+        expected = dg.render_targets(keypoints, (9, 9), 4, 2.0, 1.0)
+        for want, got in zip(expected, found):
+            np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+    assert compiled.experimental_get_tracing_count() == 1
+
+
 # ------------------------------------------------------------------------------ AIC layouts
 # Joint positions of a standing person, as fractions of its height from the head top (x, y).
 SKELETON = np.array([(-.12, .2), (-.15, .35), (-.16, .5), (.12, .2), (.15, .35), (.16, .5),
@@ -399,7 +415,7 @@ def test_tf_data_service_serves_the_training_batches(tmp_path):
     assert len(drawn) == 4
     size, grid = cfg.input_size, cfg.input_size // cfg.stride
     for images, targets in drawn:
-        assert images.shape == (cfg.batch_size, size, size, 3) and images.dtype == np.float32
+        assert images.shape == (cfg.batch_size, size, size, 3) and images.dtype == np.uint8
         assert targets["heatmaps"].shape == (cfg.batch_size, grid, grid, config.NUM_HEATMAPS)
         assert targets["heatmaps"][..., :J].max() > 0.5 and np.isfinite(targets["pafs"]).all()
     assert not np.array_equal(drawn[0][0], drawn[1][0])

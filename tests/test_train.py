@@ -240,12 +240,14 @@ def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
 
 
 def nan_after(good_batches):
-    """A dataset_fn whose training stream turns to NaN images after `good_batches` batches."""
+    """A dataset_fn whose training stream turns to NaN targets after `good_batches` batches
+    (the images are uint8, which cannot hold a NaN)."""
     def dataset_fn(cfg, split, training, shard=None, input_context=None):
         dataset = data_generator.synthetic_dataset(cfg, split, training, input_context=input_context)
         if not training:
             return dataset
-        poison = dataset.map(lambda images, targets: (images * np.nan, targets))
+        poison = dataset.map(lambda images, targets: (
+            images, dict(targets, heatmaps=targets["heatmaps"] * np.nan)))
         return dataset.take(good_batches).concatenate(poison)
     return dataset_fn
 
