@@ -137,17 +137,18 @@ def limit_cores(count, first=0):
     return len(allowed) or os.cpu_count()
 
 
-def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True):
-    """measure_rate in this (fresh) process, on `threads` CPUs when pin, kernels compiled
-    beforehand.
+def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True, first_core=0,
+               before_timing=None):
+    """measure_rate in this (fresh) process, on `threads` CPUs from its `first_core` when pin,
+    kernels compiled beforehand.
 
-    Run through a spawned process (timed_in_child) so that the CPU limit is set before
-    TensorFlow starts its thread pools: XLA's and Eigen's threads then share the same cores as
-    tf.data's, and one thread means one core.
+    Run through a spawned process (timed_in_child, copies_rate) so that the CPU limit is set
+    before TensorFlow starts its thread pools: XLA's and Eigen's threads then share the same
+    cores as tf.data's, and one thread means one core.
     """
-    cores = limit_cores(threads if pin else 0)
+    cores = limit_cores(threads if pin else 0, first_core)
     compile_kernels(cfg, compile_samples)
-    return dict(measure_rate(cfg, samples, warmup_batches, threads), cores=cores)
+    return dict(measure_rate(cfg, samples, warmup_batches, threads, before_timing), cores=cores)
 
 
 def timed_in_child(function, *arguments):
@@ -285,10 +286,9 @@ def serial_stage_rate(cfg, samples, batches):
 def copy_child(cfg, arguments, core, barrier, results):
     """One of the simultaneous one-thread copies (copies_rate): pinned to CPU `core`, kernels
     compiled and warmed up, then timed once every copy is ready."""
-    limit_cores(1, core)
-    compile_kernels(cfg, arguments.compile_samples)
-    results.put(measure_rate(cfg, arguments.samples, arguments.warmup_batches, 1,
-                             before_timing=barrier.wait))
+    results.put(child_rate(cfg, arguments.samples, arguments.warmup_batches,
+                           arguments.compile_samples, 1, first_core=core,
+                           before_timing=barrier.wait))
 
 
 def copies_rate(cfg, arguments, copies=2):
@@ -376,10 +376,10 @@ def scaling_summary(rows, results):
     """Speed-up, serial fractions and the 16-core projection from the rounds.
 
     two_thread_speedup: median of the rounds' 2-thread / 1-thread rates. hardware_ceiling:
-    median of the two simultaneous copies' rate / the 1-thread rate (2 on cores that do not
-    slow each other, and at most 2). serial_fraction (Amdahl against 2 cores) counts any slowdown as serial;
-    serial_fraction_on_this_hardware is Amdahl against the ceiling, the part of a sample's
-    time the pipeline itself serialises, and the projection uses it.
+    median of the two simultaneous copies' rate / the 1-thread rate (2 on cores that do not slow
+    each other, and at most 2). serial_fraction (Amdahl against 2 cores) counts any slowdown as
+    serial; serial_fraction_on_this_hardware is Amdahl against the ceiling, the part of a
+    sample's time the pipeline itself serialises, and the projection uses it.
     """
     if not all(1 in row and 2 in row for row in rows):
         return {"two_thread_speedup": None, "serial_fraction": None, "projected_16_cores": None}
