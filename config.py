@@ -219,6 +219,10 @@ class Config:
     # How samples are made: tf, TensorFlow graph ops (tf_pipeline.py) | numpy, the NumPy/OpenCV
     # reference. Both follow the same rules but draw different random numbers.
     pipeline: str = training("tf")
+    # TensorFlow's intra-op thread pool: -1 (auto) is 1 when the model trains on GPUs and
+    # TensorFlow's default otherwise, 0 TensorFlow's default (a thread per core), N threads.
+    # See data_generator.intra_op_threads.
+    intra_op_threads: int = training(-1)
 
     # Optimisation.
     batch_size: int = training(10)  # Global batch size (split across replicas).

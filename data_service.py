@@ -27,13 +27,17 @@ import socket
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def start_server(role, port, dispatcher=None, host=None):
+def start_server(role, port, dispatcher=None, host=None, intra_op_threads=0):
     """Start and return a DispatchServer or a WorkerServer (it serves until the process ends).
 
     port 0 picks a free port. A worker tells its clients to reach it at host:port, host
-    defaulting to this machine's name.
+    defaulting to this machine's name. intra_op_threads > 0 sizes TensorFlow's intra-op pool
+    first (see data_generator.intra_op_threads); it must come before TensorFlow starts.
     """
     import tensorflow as tf
+
+    if intra_op_threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
 
     service = tf.data.experimental.service
     if role == "dispatcher":
@@ -51,10 +55,14 @@ def main(argv=None):
     parser.add_argument("--dispatcher", help="HOST:PORT of the dispatcher (workers only)")
     parser.add_argument("--host", help="name by which clients reach this worker (default: this "
                                        "machine's host name)")
+    parser.add_argument("--intra_op_threads", type=int, default=1,
+                        help="TensorFlow intra-op threads of a worker; 1 (the default) suits a "
+                             "machine that only makes samples, 0 is TensorFlow's default")
     arguments = parser.parse_args(argv)
     if arguments.role == "worker" and not arguments.dispatcher:
         parser.error("a worker needs --dispatcher HOST:PORT")
-    server = start_server(arguments.role, arguments.port, arguments.dispatcher, arguments.host)
+    server = start_server(arguments.role, arguments.port, arguments.dispatcher, arguments.host,
+                          arguments.intra_op_threads)
     if arguments.role == "dispatcher":
         print(f"dispatcher serving at {server.target}; train with "
               f"--data_service_address {server.target}", flush=True)

@@ -895,6 +895,9 @@ def train(cfg, dataset_fn=None):
     problem = data_generator.pipeline_problem(cfg) if dataset_fn is None else ""
     if problem:
         raise TrainError(problem)
+    # Before anything starts TensorFlow: its intra-op pool is sized once, at start.
+    threads = data_generator.configure_host_threads(cfg)
+    LOGGER.info("TensorFlow intra-op threads: %s", threads or "TensorFlow's default")
     run = Run.open(cfg)
     try:
         resolve_steps(run, real_data=dataset_fn is None)

@@ -140,15 +140,19 @@ def limit_cores(count, first=0):
 def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True, first_core=0,
                before_timing=None):
     """measure_rate in this (fresh) process, on `threads` CPUs from its `first_core` when pin,
-    kernels compiled beforehand.
+    kernels compiled beforehand, TensorFlow's intra-op pool sized by cfg.intra_op_threads as on
+    a GPU host (auto: 1; --intra_op_threads 0 times TensorFlow's default pool instead).
 
     Run through a spawned process (timed_in_child, copies_rate) so that the CPU limit is set
     before TensorFlow starts its thread pools: XLA's and Eigen's threads then share the same
     cores as tf.data's, and one thread means one core.
     """
     cores = limit_cores(threads if pin else 0, first_core)
+    # As train.py sizes TensorFlow's intra-op pool on a GPU host (the host makes samples only).
+    intra_op = data_generator.configure_host_threads(cfg, accelerators=True)
     compile_kernels(cfg, compile_samples)
-    return dict(measure_rate(cfg, samples, warmup_batches, threads, before_timing), cores=cores)
+    return dict(measure_rate(cfg, samples, warmup_batches, threads, before_timing), cores=cores,
+                intra_op_threads=intra_op)
 
 
 def timed_in_child(function, *arguments):
@@ -339,6 +343,7 @@ def median_results(rows, threads):
         result["kernels_compiled_while_timing"] for result in results)
     merged["skipped"] = results[-1]["skipped"]
     merged["cores"] = results[-1]["cores"]
+    merged["intra_op_threads"] = results[-1]["intra_op_threads"]
     merged["rounds"] = [result["samples_per_second"] for result in results]
     return merged
 

@@ -5,6 +5,8 @@ import collections
 import json
 import math
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -14,6 +16,7 @@ import config
 import data_generator as dg
 
 J = config.NUM_JOINTS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def people(*joint_lists):
@@ -462,3 +465,28 @@ def test_bad_record_lines_are_skipped(tmp_path):
     assert len(records) == 2 and records.keypoints.shape == (2, J, 3)
     with pytest.raises(FileNotFoundError, match="pre-process"):
         dg.load_records(cfg, "test_a")
+
+
+def test_intra_op_threads_auto_is_one_on_gpu_hosts_and_tensorflows_default_otherwise():
+    assert dg.intra_op_threads(-1, accelerators=True) == 1
+    assert dg.intra_op_threads(-1, accelerators=False) == 0
+    assert dg.intra_op_threads(0, accelerators=True) == 0
+    assert dg.intra_op_threads(3, accelerators=False) == 3
+    assert "intra_op_threads" in dg.pipeline_problem(config.make_config("tiny",
+                                                                        intra_op_threads=-2))
+    assert dg.pipeline_problem(config.make_config("tiny", intra_op_threads=4)) == ""
+
+
+def test_configure_host_threads_sizes_the_pool_before_tensorflow_starts():
+    """In a fresh process the pool takes the size; once TensorFlow runs, it stays and warns."""
+    code = ("import config, data_generator as dg, tensorflow as tf\n"
+            "cfg = config.make_config('tiny')\n"
+            "print(dg.configure_host_threads(cfg, accelerators=True))\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads())\n"
+            "tf.constant(1.0) + 1.0\n"
+            "print(dg.configure_host_threads(config.make_config('tiny', intra_op_threads=3)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "1", "1"]
+    assert "its intra-op pool stays" in result.stderr

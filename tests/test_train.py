@@ -472,7 +472,8 @@ def error_lines(stderr):
 def test_an_unknown_pipeline_or_a_numpy_service_is_refused_before_the_run_starts(tmp_path):
     refused = ((dict(pipeline="opencv"), "--pipeline must be one of tf, numpy"),
                (dict(pipeline="numpy", data_service_address="grpc://host:5050"),
-                "--data_service_address needs --pipeline tf"))
+                "--data_service_address needs --pipeline tf"),
+               (dict(intra_op_threads=-2), "--intra_op_threads must be -1"))
     for overrides, message in refused:
         with pytest.raises(train.TrainError, match=message):
             train.main(tiny_config(tmp_path, **overrides))
