@@ -679,9 +679,10 @@ def intra_op_threads(setting, accelerators):
     tf.data thread its own, and the pool is where XLA splits every large loop of the tf
     pipeline's kernels (the warp, the targets) into one piece per thread and makes the calling
     thread wait for them. With every core busy with other samples, that split costs more than it
-    gains: on two cores, two tf.data threads made 8-17% more samples per second with a pool of
-    1 (benchmarks/bench_pipeline.py --intra_op_threads 0 against 1). A model trained on the CPU
-    needs the pool, so auto leaves TensorFlow's default there.
+    gains: on two cores, two tf.data threads gave 1.95 times one thread's rate with a pool of 1
+    and 1.65 times with TensorFlow's default pool (benchmarks/bench_pipeline.py against
+    bench_pipeline.py --intra_op_threads 0). A model trained on the CPU needs the pool, so auto
+    leaves TensorFlow's default there.
     """
     if setting == -1:
         return 1 if accelerators else 0

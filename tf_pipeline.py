@@ -27,17 +27,22 @@ Randomness
 
 Where the time goes, and XLA
     Per sample, everything but the pixels (the random transform, the target maps and the loss
-    mask: training_plan) is one XLA-compiled function; XLA needs static shapes, so the sample's
-    people are padded with empty ones to one of PEOPLE_COUNTS. Its targets are drawn one person
-    at a time (render_targets: 0.43 instead of 1.45 CPU ms per synthetic sample). The pixels:
-    the JPEG header gives the size; only the window of the (DCT-reduced) image that the crop
-    reads is decoded (decode_and_crop_jpeg); the warp and the colour jitter are one XLA kernel
-    over the output (window_kernel), the window flattened and zero-padded to one of
-    WINDOW_PIXELS. Both are traced once, with those sizes left open, and XLA compiles each size
-    once per process, the first time a sample has it (about a second each). Plain TensorFlow ops
-    would run the same arithmetic as a few hundred small ops per sample, whose dispatch, and
-    whose full-image passes for the warp and the jitter, cost more than the work.
-
+    mask: training_plan) is graph ops. Of it, the loop that draws the targets one person at a
+    time (drawing all people at once took three times as long) and the mask are one
+    XLA-compiled kernel (targets_kernel); XLA needs static shapes, so the sample's
+    people are padded with empty ones to one of PEOPLE_COUNTS. The kernel is kept that small on
+    purpose: XLA's CPU runtime runs a function of more than 8 steps concurrently on
+    TensorFlow's intra-op pool, making the calling thread wait, and the whole plan compiled as
+    one function left a tenth of two busy cores idle (see targets_kernel). The pixels: the JPEG
+    header gives the size; only the window of the (DCT-reduced) image that the crop reads is
+    decoded (decode_and_crop_jpeg); the warp and the colour jitter are one XLA kernel over the
+    output (window_kernel), the window flattened and zero-padded to one of WINDOW_PIXELS. Both
+    kernels are traced once, with those sizes left open, and XLA compiles each size once per
+    process, the first time a sample has it (about a second each). Plain TensorFlow ops would
+    run the warp as a dozen full-image passes, whose dispatch and memory traffic cost more
+    than the work. XLA also splits each large loop of a kernel into one piece per intra-op
+    thread; on a host whose cores all make samples that costs more than it gains, which is why
+    train.py runs with a pool of 1 on GPU hosts (data_generator.intra_op_threads).
 
 Images
     Formats are recognised by their first bytes as utils.decode_image recognises them; JPEG, PNG,
@@ -177,48 +182,82 @@ def limb_terms(keypoints, grid_shape, stride):
             "weights_y": tf.cast(uy, tf.float32)[..., None]}
 
 
-def render_targets(keypoints, grid_shape, stride, sigma, paf_width):
-    """(heatmaps float32 (rows, cols, 15), pafs float32 (rows, cols, 30)) of one sample.
+def person_terms(keypoints, grid_shape, stride, sigma):
+    """What draw_people needs of each person: their Gaussians' and limbs' separable factors.
 
-    keypoints: float64 (P, 14, 3) of (x, y, v) in input pixels (P may be 0 or unknown when
-    traced); see data_generator.render_targets. A loop over the people max-combines each one's
-    Gaussians and, for every limb, counts the people on each cell and sums their unit vectors
-    (float32); the PAFs are the sums divided by the counts. One person at a time and channels
-    first (contiguous grid cells), XLA's CPU code runs each step as one vectorised loop; all
-    people at once, or channels last, measured up to three times slower (XLA recomputed the
-    cell test for each channel and split every flat index into row, column and channel).
+    keypoints: float64 (P, 14, 3) in input pixels (P may be 0). Returns a dict of (P + 1, ...)
+    tensors: along_x (P + 1, 14, cols), along_y (P + 1, 14, rows) of gaussian_factors, and
+    limb_terms' along_columns, along_rows, across_columns, across_rows, along_limits, with
+    weights (P + 1, 3, L, 1, 1) float32: 1, the unit vector's x and y (what a cell on the limb
+    adds to its count and its two sums). The last row is a spare unlabelled person, so that
+    the loop body's slices are valid when XLA compiles it for a sample with nobody.
     """
-    rows, cols = int(grid_shape[0]), int(grid_shape[1])
-    # One unlabelled person more in the per-person factors, so that the loop body's slices are
-    # valid when XLA compiles it for a sample with nobody (the loop then runs no step).
     spare = tf.constant([[[0.0, 0.0, config.UNLABELLED]] * NUM_JOINTS], F64)
     padded = tf.concat([keypoints, spare], axis=0)
     along_x, along_y = gaussian_factors(padded, grid_shape, stride, sigma)
     terms = limb_terms(padded, grid_shape, stride)
+    weights_x, weights_y = terms.pop("weights_x"), terms.pop("weights_y")
+    terms["weights"] = tf.stack([tf.ones_like(weights_x), weights_x, weights_y], axis=1)
+    return dict(terms, along_x=along_x, along_y=along_y)
+
+
+def draw_people(count, terms, grid_shape, paf_width):
+    """(joints float32 (14, rows, cols), limb_sums float32 (3, L, rows, cols)): the loop.
+
+    count: int32, the people to draw (the first `count` of person_terms' rows); terms:
+    person_terms. A loop over the people max-combines each one's Gaussians into the joint maps
+    and, for every limb, adds 1 to the cells on it (limb_sums[0], the count) and its unit
+    vector's x and y (limb_sums[1], limb_sums[2]). One person at a time and channels first
+    (contiguous grid cells), XLA's CPU code runs each step as one vectorised loop; all people at
+    once, or channels last, measured up to three times slower (XLA recomputed the cell test for
+    each channel and split every flat index into row, column and channel). Only the loop is
+    here, and its state is two buffers, so that XLA's CPU runtime runs the compiled function's
+    few steps one after another on the calling thread (see TARGETS_KERNEL).
+    """
+    rows, cols = int(grid_shape[0]), int(grid_shape[1])
     across_limit = paf_width + dg.BOUNDARY_EPSILON
 
-    def add_person(person, joints, count, sum_x, sum_y):
-        joints = tf.maximum(joints, along_y[person][:, :, None] * along_x[person][:, None, :])
+    def add_person(person, joints, limb_sums):
+        joints = tf.maximum(joints, terms["along_y"][person][:, :, None]
+                            * terms["along_x"][person][:, None, :])
         along = terms["along_columns"][person][:, None, :] + terms["along_rows"][person][..., None]
         across = (terms["across_columns"][person][:, None, :]
                   - terms["across_rows"][person][..., None])
         on = tf.cast((tf.abs(along) <= terms["along_limits"][person])
                      & (tf.abs(across) <= across_limit), tf.float32)  # (L, rows, cols)
-        return (person + 1, joints, count + on, sum_x + on * terms["weights_x"][person],
-                sum_y + on * terms["weights_y"][person])
+        return person + 1, joints, limb_sums + on[None] * terms["weights"][person]
 
-    limb_maps = tf.zeros([NUM_LIMBS, rows, cols])
     # Gaussians are >= 0, so starting the max from zeros gives zero maps for no people.
-    start = (tf.constant(0), tf.zeros([NUM_JOINTS, rows, cols]), limb_maps, limb_maps, limb_maps)
-    _, joints, count, sum_x, sum_y = tf.while_loop(
-        lambda person, *maps: person < tf.shape(keypoints)[0], add_person, start)
+    start = (tf.constant(0), tf.zeros([NUM_JOINTS, rows, cols]),
+             tf.zeros([3, NUM_LIMBS, rows, cols]))
+    _, joints, limb_sums = tf.while_loop(lambda person, *maps: person < count, add_person, start)
+    return joints, limb_sums
+
+
+def finished_maps(joints, limb_sums):
+    """(heatmaps (rows, cols, 15), pafs (rows, cols, 30)) from draw_people's maps: the
+    background channel, the PAFs as sums over counts, channels last."""
     background = 1.0 - tf.reduce_max(joints, axis=0, keepdims=True)
+    count, sum_x, sum_y = tf.unstack(limb_sums)
     divisor = tf.maximum(count, 1.0)
     # Channels 2l and 2l + 1 are limb l's x and y.
     fields = tf.reshape(tf.stack([sum_x / divisor, sum_y / divisor], axis=1),
-                        [2 * NUM_LIMBS, rows, cols])
+                        [2 * NUM_LIMBS] + joints.shape[1:].as_list())
     return (tf.transpose(tf.concat([joints, background], axis=0), [1, 2, 0]),
             tf.transpose(fields, [1, 2, 0]))
+
+
+def render_targets(keypoints, grid_shape, stride, sigma, paf_width, count=None):
+    """(heatmaps float32 (rows, cols, 15), pafs float32 (rows, cols, 30)) of one sample.
+
+    keypoints: float64 (P, 14, 3) of (x, y, v) in input pixels (P may be 0 or unknown when
+    traced); see data_generator.render_targets. count: int32, how many of the rows are people
+    (the rest are padding that draws nothing), default all. Graph ops: person_terms,
+    draw_people (the loop), finished_maps.
+    """
+    terms = person_terms(keypoints, grid_shape, stride, sigma)
+    count = tf.shape(keypoints)[0] if count is None else count
+    return finished_maps(*draw_people(count, terms, grid_shape, paf_width))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,17 +379,17 @@ def inverse_affine(matrix):
                                 zero, zero, one]), [3, 3])
 
 
-def loss_mask(matrix, width, height, grid_shape, stride, masked_boxes, ignore_padding):
+def loss_mask(inverse, width, height, grid_shape, stride, masked_boxes, ignore_padding):
     """float32 (rows, cols, 1): data_generator.loss_mask as graph ops.
 
-    matrix: float64 (3, 3) source -> input pixels; width, height: float64 scalars;
+    inverse: float64 (3, 3) input -> source pixels (inverse_affine of data_generator's matrix);
+    width, height: float64 scalars;
     masked_boxes: float64 (K, 4) source-pixel boxes (x1, y1, x2, y2). Each cell's pixel is mapped
     back to the source: 0 where it falls inside a masked box, or outside the image when
     ignore_padding (a Python bool); else 1.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
     offset = (stride - 1) / 2.0
-    inverse = inverse_affine(matrix)
     grid_x = tf.range(cols, dtype=F64)[None, :] * stride + offset
     grid_y = tf.range(rows, dtype=F64)[:, None] * stride + offset
     source_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]  # (rows, cols)
@@ -606,13 +645,15 @@ def decode_window(contents, kind, factor_index, whole, window):
     return tf.ensure_shape(pixels, [None, None, 3])
 
 
-def training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
-    """Everything of a training sample but its pixels, from graph ops that XLA can compile.
+def training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws, count=None,
+                  drawer=None):
+    """Everything of a training sample but its pixels, as graph ops.
 
     keypoints float64 (P, 14, 3), boxes float64 (P, 4); width, height: float64 source size;
-    shape: int32 (h, w) of the file (a JPEG's full size); is_jpeg: bool; draws: (NUM_DRAWS,).
-    Returns (heatmaps, pafs, mask, factor_index int32, window int32 (4,) (x, y, w, h) of the
-    decoded pixels to read, inverse float32 (2, 3) output -> window pixels, size_ok bool).
+    shape: int32 (h, w) of the file (a JPEG's full size); is_jpeg: bool; draws: (NUM_DRAWS,);
+    count, drawer: see sample_targets. Returns (heatmaps, pafs, mask, factor_index int32,
+    window int32 (4,) (x, y, w, h) of the decoded pixels to read, inverse float32 (2, 3)
+    output -> window pixels, size_ok bool).
     """
     matrix, flipped = training_transform(cfg, keypoints, boxes, width, height, draws)
     scale = tf.sqrt(tf.abs(matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]))
@@ -622,41 +663,65 @@ def training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
     inverse = inverse_affine(to_output)  # output -> decoded pixels
     window = source_window(inverse, decoded, cfg.input_size)
     to_window = inverse[:2] - tf.cast(tf.stack([[0, 0, window[0]], [0, 0, window[1]]]), F64)
-    targets = sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height)
+    targets = sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height, count,
+                             drawer)
     return (*targets, factor_index, window, tf.cast(to_window, tf.float32),
             size_matches(decoded, width, height, factor_index))
 
 
-# The Config fields training_plan depends on: datasets that agree on them share its kernels.
-PLAN_FIELDS = ("input_size", "stride", "heatmap_sigma", "paf_width", "ignore_padding",
-               "target_person_height", "scale_min", "scale_max", "max_rotation",
-               "center_jitter", "flip_probability")
-# People counts that training_plan is compiled for: a sample's people are padded with
+# People counts that the targets kernel is compiled for: a sample's people are padded with
 # unlabelled, box-less people (they draw nothing and mask nothing) to the smallest count here that
 # holds them, or beyond the last to a multiple of it.
 PEOPLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
-    """training_plan, XLA-compiled for the people padded to a PEOPLE_COUNTS size.
+    """training_plan with its targets loop XLA-compiled (targets_kernel).
 
-    The plan is traced once, with the number of people left open; XLA compiles it for each
-    padded count the first time a sample has it.
+    The people are padded to a PEOPLE_COUNTS size, the kernel's inputs then having one of a few
+    shapes: XLA compiles the kernel for each the first time a sample has it. The loop still
+    stops at the sample's own people.
     """
-    key = ("plan",) + tuple(getattr(cfg, name) for name in PLAN_FIELDS)
-    if key not in _COMPILED:
-        scalar = tf.TensorSpec([], F64)
-        signature = [tf.TensorSpec([None, NUM_JOINTS, 3], F64), tf.TensorSpec([None, 4], F64),
-                     scalar, scalar, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool),
-                     tf.TensorSpec([NUM_DRAWS], F64)]
-        _COMPILED[key] = tf.function(lambda *args: training_plan(cfg, *args), jit_compile=True,
-                                     autograph=False, input_signature=signature)
     count = tf.shape(keypoints)[0]
     missing = padded_count(count) - count
     nobody = tf.tile(tf.constant([[[0.0, 0.0, config.UNLABELLED]]], F64), [missing, NUM_JOINTS, 1])
     no_boxes = tf.fill([missing, 4], tf.constant(np.nan, F64))
-    return _COMPILED[key](tf.concat([keypoints, nobody], 0), tf.concat([boxes, no_boxes], 0),
-                          width, height, shape, is_jpeg, draws)
+    return training_plan(cfg, tf.concat([keypoints, nobody], 0), tf.concat([boxes, no_boxes], 0),
+                         width, height, shape, is_jpeg, draws, count, targets_kernel(cfg))
+
+
+def targets_kernel(cfg):
+    """sample_maps XLA-compiled for cfg: (count int32, person_terms dict, inverse float64 (3, 3),
+    width, height float64, hidden people's boxes float64 (P, 4)) -> (joints, limb_sums, mask).
+
+    Traced once with the number of people left open. Why only the loop and the mask: XLA's CPU
+    runtime runs a compiled function's steps (its fused loops, "thunks") concurrently on
+    TensorFlow's intra-op pool, and makes the calling thread wait for them, unless the
+    function has at most 8 steps or steps on tiny buffers only. The whole plan compiled as one
+    function had about 75 steps, mostly tiny scalar ones: with every core busy making other
+    samples, handing them over and waiting cost more than they took, and tf.data's two
+    threads kept only 1.8 of the two cores busy (1.97 with the plan as plain graph ops, in an
+    ad hoc test). This kernel has 6 steps at the top and 4 in the loop's body, so it runs on
+    the calling thread; the geometry, the per-person terms and the inverse matrix around it
+    are plain graph ops, which cost about 0.2 CPU ms per sample more than their compiled form.
+    """
+    key = ("targets",) + tuple(getattr(cfg, name) for name in KERNEL_FIELDS)
+    if key not in _COMPILED:
+        grid = (cfg.input_size // cfg.stride,) * 2
+        example = person_terms(tf.zeros([0, NUM_JOINTS, 3], F64), grid, cfg.stride,
+                               cfg.heatmap_sigma)
+        scalar = tf.TensorSpec([], F64)
+        signature = [tf.TensorSpec([], tf.int32), tf.nest.map_structure(
+            lambda term: tf.TensorSpec([None] + term.shape[1:].as_list(), term.dtype), example),
+            tf.TensorSpec([3, 3], F64), scalar, scalar, tf.TensorSpec([None, 4], F64)]
+        _COMPILED[key] = tf.function(lambda *inputs: sample_maps(cfg, *inputs),
+                                     jit_compile=True, autograph=False,
+                                     input_signature=signature)
+    return _COMPILED[key]
+
+
+# The Config fields targets_kernel depends on: datasets that agree on them share the kernel.
+KERNEL_FIELDS = ("input_size", "stride", "heatmap_sigma", "paf_width", "ignore_padding")
 
 
 def padded_count(count):
@@ -776,14 +841,35 @@ def sample_draws(seed, shard_index, draw, index):
     return tf.random.stateless_uniform([NUM_DRAWS], seed=key, dtype=F64)
 
 
-def sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height):
-    """(heatmaps, pafs, mask) float32 grid maps of one sample given its transform."""
+def sample_targets(cfg, matrix, flipped, keypoints, boxes, width, height, count=None,
+                   drawer=None):
+    """(heatmaps, pafs, mask) float32 grid maps of one sample given its transform.
+
+    count: int32, how many rows of keypoints are people (default all; the rest are padding);
+    drawer: sample_maps as targets_kernel compiled it, or None for plain graph ops.
+    """
     grid = (cfg.input_size // cfg.stride,) * 2
     moved = transform_keypoints(keypoints, matrix, flipped)
-    heatmaps, pafs = render_targets(moved, grid, cfg.stride, cfg.heatmap_sigma, cfg.paf_width)
+    terms = person_terms(moved, grid, cfg.stride, cfg.heatmap_sigma)
+    count = tf.shape(keypoints)[0] if count is None else count
     hidden_people = unannotated_boxes(keypoints, boxes, width, height)
-    mask = loss_mask(matrix, width, height, grid, cfg.stride, hidden_people, cfg.ignore_padding)
-    return heatmaps, pafs, mask
+    if drawer is None:
+        drawer = lambda *inputs: sample_maps(cfg, *inputs)  # noqa: E731
+    # The inverse here, not in the kernel: its scalar steps would make the kernel's steps too
+    # many to run in order (see targets_kernel).
+    joints, limb_sums, mask = drawer(count, terms, inverse_affine(matrix), width, height,
+                                     hidden_people)
+    return (*finished_maps(joints, limb_sums), mask)
+
+
+def sample_maps(cfg, count, terms, inverse, width, height, hidden_people):
+    """(joints, limb_sums, mask): draw_people and loss_mask, the part of sample_targets that
+    targets_kernel compiles (arguments as sample_targets has them; inverse: float64 (3, 3),
+    input -> source pixels)."""
+    grid = (cfg.input_size // cfg.stride,) * 2
+    joints, limb_sums = draw_people(count, terms, grid, cfg.paf_width)
+    return joints, limb_sums, loss_mask(inverse, width, height, grid, cfg.stride, hidden_people,
+                                        cfg.ignore_padding)
 
 
 def open_image(record_size, path, pattern):

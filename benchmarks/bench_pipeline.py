@@ -8,8 +8,10 @@ numpy: the NumPy/OpenCV oracle in a tf.numpy_function). Each thread count is tim
 process kept on that many CPUs (os.sched_setaffinity, set before TensorFlow starts), so that
 TensorFlow's own thread pools (XLA, Eigen) and the consuming Python thread share the same cores
 and "one thread" means one core (--pin 0 limits only tf.data's pool, as the figures of issue
-13 were taken). The settings take turns in --repeats rounds, and each round also times two
-one-thread copies at once, one per core: nothing is shared between them, so their summed rate
+13 were taken). TensorFlow's intra-op pool is sized as train.py sizes it on a GPU host
+(--intra_op_threads, default -1: one thread; 0 times TensorFlow's default pool instead).
+The settings take turns in --repeats rounds, and each round also times two one-thread copies
+at once, one per core: nothing is shared between them, so their summed rate
 is the most two threads can reach on this machine (below 2x one where the cores slow each
 other down, as two virtual CPUs on one physical core do). Medians over the rounds are
 reported; ratios are taken within a round, so that a machine whose speed drifts affects both

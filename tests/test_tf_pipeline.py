@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -124,6 +125,55 @@ def test_compiled_targets_with_the_people_count_left_open_equal_numpy():
         for want, got in zip(expected, found):
             np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
     assert compiled.experimental_get_tracing_count() == 1
+
+
+def test_only_the_first_count_people_are_drawn():
+    # planned pads the people to a PEOPLE_COUNTS size and stops the loop at the real ones; here
+    # the row after the count is a real person, so drawing it would show.
+    crowd = np.concatenate([HAND_CASES["overlapping limbs averaged"][0],
+                            HAND_CASES["two people, max"][0]])
+    found = tp.render_targets(tf.constant(crowd, tf.float64), (9, 9), 4, 2.0, 1.0,
+                              count=tf.constant(1))
+    expected = dg.render_targets(crowd[:1], (9, 9), 4, 2.0, 1.0)
+    everybody = dg.render_targets(crowd, (9, 9), 4, 2.0, 1.0)
+    for want, got, more in zip(expected, found, everybody):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+        assert np.abs(more - want).max() > 0.1
+
+
+def hlo_steps(hlo):
+    """{computation header: its instructions that XLA's CPU runtime runs as steps} of the entry
+    computation and of every while-loop body in optimised HLO text."""
+    steps = {}
+    for block in re.split(r"\n(?=\S)", hlo):
+        header, *lines = block.split("\n")
+        if header.startswith("ENTRY") or "body" in header.split("(")[0]:
+            steps[header[:60]] = [line for line in lines if " = " in line and not re.search(
+                r" (parameter|constant|bitcast|get-tuple-element|tuple)\(", line)]
+    return steps
+
+
+def test_targets_kernel_is_small_enough_to_run_on_the_calling_thread():
+    # XLA's CPU runtime runs a compiled function with more than 8 steps concurrently on the
+    # intra-op pool and makes the caller wait (tf_pipeline.targets_kernel): the kernel's top
+    # level and its loop body must stay at 8 steps or fewer, whatever is added to them.
+    cfg = config.make_config("paper")
+    keypoints = tf.constant(HAND_CASES["two people, max"][0] * [20, 20, 1], tf.float64)
+    grid = (cfg.input_size // cfg.stride,) * 2
+    inputs = (tf.constant(2), tp.person_terms(keypoints, grid, cfg.stride, cfg.heatmap_sigma),
+              tf.eye(3, dtype=tf.float64), tf.constant(640.0, tf.float64),
+              tf.constant(480.0, tf.float64), tf.fill([2, 4], tf.constant(np.nan, tf.float64)))
+    kernel = tp.targets_kernel(cfg)
+    steps = hlo_steps(kernel.experimental_get_compiler_ir(*inputs)(stage="optimized_hlo"))
+    assert any(header.startswith("ENTRY") for header in steps) and len(steps) == 2
+    for header, lines in steps.items():
+        assert 2 <= len(lines) <= 8, (header, lines)
+    joints, limb_sums, mask = kernel(*inputs)
+    heatmaps, pafs = tp.finished_maps(joints, limb_sums)
+    want = tp.render_targets(keypoints, grid, cfg.stride, cfg.heatmap_sigma, cfg.paf_width)
+    np.testing.assert_allclose(heatmaps.numpy(), want[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pafs.numpy(), want[1].numpy(), rtol=0, atol=1e-6)
+    assert mask.shape == grid + (1,) and float(tf.reduce_min(mask)) == 1.0
 
 
 # ------------------------------------------------------------------------------ AIC layouts
