@@ -176,6 +176,15 @@ def test_targets_kernel_is_small_enough_to_run_on_the_calling_thread():
     assert mask.shape == grid + (1,) and float(tf.reduce_min(mask)) == 1.0
 
 
+def test_warp_kernel_is_small_enough_to_run_on_the_calling_thread():
+    # The other XLA kernel of every training sample, under the same rule as the targets kernel.
+    kernel = tp.window_kernel(368, 128.0, 0.1)
+    inputs = (tf.zeros([3 * 4096], tf.uint8), tf.constant([64, 64]),
+              tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), tf.constant([0.5] * 3, tf.float64))
+    steps = hlo_steps(kernel.experimental_get_compiler_ir(*inputs)(stage="optimized_hlo"))
+    assert list(steps)[0].startswith("ENTRY") and 1 <= len(steps[list(steps)[0]]) <= 8, steps
+
+
 # ------------------------------------------------------------------------------ AIC layouts
 # Joint positions of a standing person, as fractions of its height from the head top (x, y).
 SKELETON = np.array([(-.12, .2), (-.15, .35), (-.16, .5), (.12, .2), (.15, .35), (.16, .5),
