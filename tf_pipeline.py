@@ -107,16 +107,21 @@ def labelled_joints(keypoints):
             & tf.math.is_finite(keypoints[..., 0]) & tf.math.is_finite(keypoints[..., 1]))
 
 
-def gaussian_factors(keypoints, grid_shape, stride, sigma):
+def labelled_points(keypoints):
+    """(labelled bool (P, 14), points float64 (P, 14, 2) (x, y), (0, 0) where unlabelled) of
+    keypoints float64 (P, 14, 3)."""
+    labelled = labelled_joints(keypoints)
+    return labelled, tf.where(labelled[..., None], keypoints[..., :2], tf.constant(0.0, F64))
+
+
+def gaussian_factors(labelled, points, grid_shape, stride, sigma):
     """(along_x float32 (P, 14, cols), along_y float32 (P, 14, rows)): the separable Gaussian.
 
-    keypoints: float64 (P, 14, 3) in input pixels; grid_shape: Python (rows, cols). Joint j of
-    person p puts along_y[p, j, r] * along_x[p, j, c] on cell (r, c); the exp() is float64, as
-    numpy's, and unlabelled joints have zero factors.
+    labelled, points: labelled_points of keypoints in input pixels; grid_shape: Python (rows,
+    cols). Joint j of person p puts along_y[p, j, r] * along_x[p, j, c] on cell (r, c); the
+    exp() is float64, as numpy's, and unlabelled joints have zero factors.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
-    labelled = labelled_joints(keypoints)
-    points = tf.where(labelled[..., None], keypoints[..., :2], tf.constant(0.0, F64))
     offset = (stride - 1) / 2.0
     xs = tf.range(cols, dtype=F64) * stride + offset
     ys = tf.range(rows, dtype=F64) * stride + offset
@@ -127,18 +132,16 @@ def gaussian_factors(keypoints, grid_shape, stride, sigma):
             tf.cast(along_y, tf.float32))
 
 
-def limb_instances(keypoints, stride):
+def limb_instances(labelled, points, stride):
     """Every (person, limb) pair: (starts (P, L, 2), units (P, L, 2), lengths (P, L)), L limbs.
 
-    keypoints: float64 (P, 14, 3) in input pixels. Starts are in grid units (cell (r, c) at
-    (c, r)). A pair is drawable when both ends are labelled and the limb is longer than
-    MIN_LIMB_LENGTH cells; the others get a zero unit vector and length -1, which no cell can be
-    on. (Keeping every pair, rather than selecting the drawable ones, keeps the shapes static
-    for XLA.)
+    labelled, points: labelled_points of keypoints in input pixels. Starts are in grid units
+    (cell (r, c) at (c, r)). A pair is drawable when both ends are labelled and the limb is
+    longer than MIN_LIMB_LENGTH cells; the others get a zero unit vector and length -1, which no
+    cell can be on. (Keeping every pair, rather than selecting the drawable ones, keeps the
+    shapes static for XLA.)
     """
     limbs = np.asarray(LIMBS)
-    labelled = labelled_joints(keypoints)
-    points = tf.where(labelled[..., None], keypoints[..., :2], tf.constant(0.0, F64))
     grid_points = (points - (stride - 1) / 2.0) / stride
     start = tf.gather(grid_points, limbs[:, 0], axis=1)  # (P, L, 2)
     vectors = tf.gather(grid_points, limbs[:, 1], axis=1) - start
@@ -157,20 +160,21 @@ def _hypot(x, y):
     return largest * tf.sqrt(tf.square(x / safe) + tf.square(y / safe))
 
 
-def limb_terms(keypoints, grid_shape, stride):
+def limb_terms(labelled, points, grid_shape, stride):
     """The per-row and per-column parts of the cell test of every (person, limb) pair.
 
-    keypoints: float64 (P, 14, 3). A cell (r, c) is on limb l of person p when
-    |along_columns[p, l, c] + along_rows[p, l, r]| <= along_limits[p, l] and
-    |across_columns[p, l, c] - across_rows[p, l, r]| <= the PAF width (+ BOUNDARY_EPSILON):
+    labelled, points: labelled_points of keypoints (P, 14, 3) in input pixels. A cell (r, c) is
+    on limb l of person p when |along_columns[p, l, c] + along_rows[p, l, r]| <= along_limits[p,
+    l] and |across_columns[p, l, c] - across_rows[p, l, r]| <= the PAF width (+ BOUNDARY_EPSILON):
     its projection onto the limb falls within the segment (|along - length / 2| <= length / 2,
     one comparison fewer per cell) and its distance from the line is small; the float64
     arithmetic of data_generator._cells_on_limbs, so that cells on an edge are decided alike.
     Returns a dict of those float64 terms ((P, L, cols), (P, L, rows), limits (P, L, 1, 1)) and
-    the unit vectors' float32 components weights_x, weights_y (P, L, 1, 1).
+    weights float32 (P, 3, L, 1, 1): 1 and the unit vector's x and y, what a cell on the limb
+    adds to its count and to its two sums.
     """
     rows, cols = int(grid_shape[0]), int(grid_shape[1])
-    starts, units, lengths = limb_instances(keypoints, stride)
+    starts, units, lengths = limb_instances(labelled, points, stride)
     dx = tf.range(cols, dtype=F64) - starts[..., 0, None]  # (P, L, cols)
     dy = tf.range(rows, dtype=F64) - starts[..., 1, None]  # (P, L, rows)
     ux, uy = units[..., 0, None], units[..., 1, None]  # (P, L, 1)
@@ -178,8 +182,8 @@ def limb_terms(keypoints, grid_shape, stride):
     return {"along_columns": dx * ux - half, "along_rows": dy * uy,
             "across_columns": dx * uy, "across_rows": dy * ux,
             "along_limits": (half + dg.BOUNDARY_EPSILON)[..., None],
-            "weights_x": tf.cast(ux, tf.float32)[..., None],
-            "weights_y": tf.cast(uy, tf.float32)[..., None]}
+            "weights": tf.cast(tf.stack([tf.ones_like(ux), ux, uy], axis=1), tf.float32)[
+                ..., None]}
 
 
 def person_terms(keypoints, grid_shape, stride, sigma):
@@ -187,18 +191,15 @@ def person_terms(keypoints, grid_shape, stride, sigma):
 
     keypoints: float64 (P, 14, 3) in input pixels (P may be 0). Returns a dict of (P + 1, ...)
     tensors: along_x (P + 1, 14, cols), along_y (P + 1, 14, rows) of gaussian_factors, and
-    limb_terms' along_columns, along_rows, across_columns, across_rows, along_limits, with
-    weights (P + 1, 3, L, 1, 1) float32: 1, the unit vector's x and y (what a cell on the limb
-    adds to its count and its two sums). The last row is a spare unlabelled person, so that
+    limb_terms' along_columns, along_rows, across_columns, across_rows, along_limits and
+    weights. The last row is a spare unlabelled person, so that
     the loop body's slices are valid when XLA compiles it for a sample with nobody.
     """
     spare = tf.constant([[[0.0, 0.0, config.UNLABELLED]] * NUM_JOINTS], F64)
-    padded = tf.concat([keypoints, spare], axis=0)
-    along_x, along_y = gaussian_factors(padded, grid_shape, stride, sigma)
-    terms = limb_terms(padded, grid_shape, stride)
-    weights_x, weights_y = terms.pop("weights_x"), terms.pop("weights_y")
-    terms["weights"] = tf.stack([tf.ones_like(weights_x), weights_x, weights_y], axis=1)
-    return dict(terms, along_x=along_x, along_y=along_y)
+    labelled, points = labelled_points(tf.concat([keypoints, spare], axis=0))
+    along_x, along_y = gaussian_factors(labelled, points, grid_shape, stride, sigma)
+    return dict(limb_terms(labelled, points, grid_shape, stride), along_x=along_x,
+                along_y=along_y)
 
 
 def draw_people(count, terms, grid_shape, paf_width):
