@@ -32,7 +32,7 @@ def start_server(role, port, dispatcher=None, host=None, intra_op_threads=0):
 
     port 0 picks a free port. A worker tells its clients to reach it at host:port, host
     defaulting to this machine's name. intra_op_threads > 0 sizes TensorFlow's intra-op pool
-    first (see data_generator.intra_op_threads); it must come before TensorFlow starts.
+    first (see dataset.intra_op_threads); it must come before TensorFlow starts.
     """
     import tensorflow as tf
 

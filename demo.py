@@ -37,6 +37,7 @@ import numpy as np
 
 import config
 import inference
+import parsing
 import runtimes
 import tracking
 import utils
@@ -141,7 +142,7 @@ def submission_entry(image_id, people, integer=False):
     """One AI Challenger submission record (humanN keys, v = 1 for found joints; sub-pixel
     coordinates unless `integer`)."""
     return {"image_id": image_id,
-            "keypoint_annotations": inference.people_to_aic(people, integer)}
+            "keypoint_annotations": parsing.people_to_aic(people, integer)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def _paf_arrows(canvas, field, mapping, sizes):
             vector = field[row, col]
             if np.hypot(*vector) < 0.2:
                 continue
-            start = inference.grid_to_pixels((col, row), mapping["stride"], mapping["scale"],
+            start = parsing.grid_to_pixels((col, row), mapping["stride"], mapping["scale"],
                                              mapping["offset"])
             end = start + vector * cell * step * 0.6
             cv2.arrowedLine(canvas, tuple(int(v) for v in start), tuple(int(v) for v in end),
@@ -391,7 +392,7 @@ def check_gui():
 def track_line(frame, time, ids, people):
     """One line of the tracks file (JSON): {"frame", "time" (s), "people": [{"id",
     "keypoints": 14 x [x, y, score]}]}, coordinates to COORDINATE_DECIMALS."""
-    decimals = inference.COORDINATE_DECIMALS
+    decimals = parsing.COORDINATE_DECIMALS
     entries = [{"id": int(track_id),
                 "keypoints": [[round(float(x), decimals), round(float(y), decimals),
                                round(float(score), 4)] for x, y, score in person]}

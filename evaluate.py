@@ -107,9 +107,9 @@ def oracle_maps(record, cfg):
 
 
 def oracle_entry(image_id, heatmaps, pafs, factor, cfg):
-    """The submission entry of oracle maps parsed back: inference.parse_poses inverts the
+    """The submission entry of oracle maps parsed back: parsing.parse_poses inverts the
     factor (scale=(factor, factor)), so coordinates are in the record's original pixels."""
-    from inference import parse_poses, people_to_aic
+    from parsing import parse_poses, people_to_aic
 
     people, _ = parse_poses(heatmaps, pafs, cfg, stride=cfg.stride, scale=(factor, factor),
                             offset=(0, 0))
@@ -200,6 +200,7 @@ def model_predictions(model, cfg, items, warnings, progress=True, chunk_size=Non
     from tqdm import tqdm
 
     import inference
+    import parsing
 
     predictions, warned_before = [], len(warnings)
     stream = inference.estimate_poses_stream(model, readable_images(items, warnings), cfg,
@@ -207,7 +208,7 @@ def model_predictions(model, cfg, items, warnings, progress=True, chunk_size=Non
     with tqdm(total=len(items), desc="predict", unit="image", disable=not progress) as bar:
         for image_id, estimate in stream:
             predictions.append({"image_id": image_id, "keypoint_annotations":
-                                inference.people_to_aic(estimate.people, cfg.integer_output)})
+                                parsing.people_to_aic(estimate.people, cfg.integer_output)})
             # Skipped images count as done too, so the bar reaches its end.
             bar.update(len(predictions) + len(warnings) - warned_before - bar.n)
     return predictions

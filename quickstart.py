@@ -4,7 +4,7 @@
     python quickstart.py --images 40 --minutes 1 --workdir /tmp/qs -- --steps_per_epoch 5
 
 Every step is the ordinary script a user would run, started as its own process with the
-`cpu` preset, so the quick start exercises exactly what the README documents. Arguments after
+chosen --preset, so the quick start exercises exactly what the README documents. Arguments after
 `--` are extra config overrides passed to train.py (for example a smaller input for a smoke
 test). The last line printed is a JSON summary of the figures.
 """
@@ -25,6 +25,9 @@ import utils
 
 # The synthetic set has the official validation release's layout.
 VALIDATION = config.AIC_RELEASES["val"]
+# The preset the quick start trains: of cpu and light, the one with the higher mAP after the
+# quick start's 20 minutes on 2 cores (two runs each, benchmarks in docs/benchmarks.md).
+DEFAULT_PRESET = "cpu"
 
 
 def parse_arguments(argv=None):
@@ -38,6 +41,9 @@ def parse_arguments(argv=None):
                         help="where data/, models/, logs/ and the demo drawings go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data set")
     parser.add_argument("--run_name", default="quickstart", help="name of the training run")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(config.PRESETS),
+                        help=f"network and recipe to train (default: {DEFAULT_PRESET}, the one "
+                             "that scored higher in 20 minutes here; see docs/benchmarks.md)")
     parser.add_argument("--demo_images", type=int, default=4,
                         help="validation images to draw the found people on")
     parser.add_argument("train_overrides", nargs=argparse.REMAINDER,
@@ -69,51 +75,66 @@ def copy_demo_images(validation_images, destination, count):
     return chosen
 
 
-def main(arguments):
-    python = sys.executable
-    paths = dict(
-        data=os.path.join(arguments.workdir, "data"),
-        records=os.path.join(arguments.workdir, "data", "records"),
+def chain_paths(arguments):
+    """Every folder and file of the chain, under arguments.workdir."""
+    data = os.path.join(arguments.workdir, "data")
+    validation_dir = os.path.join(data, VALIDATION.folder)
+    model_dir = os.path.join(arguments.workdir, "models", arguments.run_name)
+    log_dir = os.path.join(arguments.workdir, "logs", arguments.run_name)
+    return dict(
+        data=data, records=os.path.join(data, "records"),
         models=os.path.join(arguments.workdir, "models"),
         logs=os.path.join(arguments.workdir, "logs"),
-    )
-    data_arguments = ["--data_dir", paths["data"], "--records_dir", paths["records"]]
-    run_arguments = ["--preset", "cpu", "--models_dir", paths["models"],
-                     "--logs_dir", paths["logs"], "--run_name", arguments.run_name]
-    validation_dir = os.path.join(paths["data"], VALIDATION.folder)
-    reference = os.path.join(validation_dir, VALIDATION.annotations)
-    model_dir = os.path.join(paths["models"], arguments.run_name)
-    log_dir = os.path.join(paths["logs"], arguments.run_name)
-    checkpoint = os.path.join(model_dir, "best.keras")
-    predictions = os.path.join(log_dir, "val_predictions.json")
-    scores = os.path.join(log_dir, "val_scores.json")
-    demo_dir = os.path.join(arguments.workdir, "images", "quickstart")
+        validation_images=os.path.join(validation_dir, VALIDATION.images),
+        reference=os.path.join(validation_dir, VALIDATION.annotations),
+        model_dir=model_dir, log_dir=log_dir, checkpoint=os.path.join(model_dir, "best.keras"),
+        predictions=os.path.join(log_dir, "val_predictions.json"),
+        scores=os.path.join(log_dir, "val_scores.json"),
+        demo_dir=os.path.join(arguments.workdir, "images", "quickstart"))
 
-    if os.path.exists(model_dir):
+
+def chain_commands(arguments, paths):
+    """[(title, command)] of the five steps, each an ordinary script run."""
+    python = sys.executable
+    data_arguments = ["--data_dir", paths["data"], "--records_dir", paths["records"]]
+    run_arguments = ["--preset", arguments.preset, "--models_dir", paths["models"],
+                     "--logs_dir", paths["logs"], "--run_name", arguments.run_name]
+    return [
+        ("synthetic", "1/5 synthetic AI Challenger data set",
+         [python, "pre-process.py", "--synthetic", str(arguments.images),
+          "--seed", str(arguments.seed), *data_arguments]),
+        ("pre_process", "2/5 pre-processing to records",
+         [python, "pre-process.py", *data_arguments]),
+        ("train", f"3/5 training ({arguments.preset} preset)",
+         [python, "train.py", *run_arguments, *data_arguments,
+          "--max_train_minutes", str(arguments.minutes), *arguments.train_overrides]),
+        ("evaluate", "4/5 official mAP on the synthetic validation split",
+         [python, "evaluate.py", "--model", paths["checkpoint"], "--images",
+          paths["validation_images"], "--ref", paths["reference"], "--out",
+          paths["predictions"], "--json_out", paths["scores"]]),
+        ("demo", "5/5 demo drawings",
+         [python, "demo.py", "--model", paths["checkpoint"], "--image", paths["demo_dir"]]),
+    ]
+
+
+def main(arguments):
+    paths = chain_paths(arguments)
+    if os.path.exists(paths["model_dir"]):
         # train.py refuses to overwrite a run; say so now rather than after making the data.
-        sys.exit(f"quickstart: {model_dir}/ already holds an earlier quick start; remove it and "
-                 f"{log_dir}/, or pass --run_name NAME for a new run")
+        sys.exit(f"quickstart: {paths['model_dir']}/ already holds an earlier quick start; "
+                 f"remove it and {paths['log_dir']}/, or pass --run_name NAME for a new run")
     timings = {}
     started = time.time()
-    timings["synthetic"] = run_step("1/5 synthetic AI Challenger data set", [
-        python, "pre-process.py", "--synthetic", str(arguments.images),
-        "--seed", str(arguments.seed), *data_arguments])
-    timings["pre_process"] = run_step("2/5 pre-processing to records",
-                                      [python, "pre-process.py", *data_arguments])
-    timings["train"] = run_step("3/5 training (cpu preset)", [
-        python, "train.py", *run_arguments, *data_arguments,
-        "--max_train_minutes", str(arguments.minutes), *arguments.train_overrides])
-    timings["evaluate"] = run_step("4/5 official mAP on the synthetic validation split", [
-        python, "evaluate.py", "--model", checkpoint, "--images",
-        os.path.join(validation_dir, VALIDATION.images), "--ref", reference,
-        "--out", predictions, "--json_out", scores])
-    copy_demo_images(os.path.join(validation_dir, VALIDATION.images), demo_dir,
-                     arguments.demo_images)
-    timings["demo"] = run_step("5/5 demo drawings", [
-        python, "demo.py", "--model", checkpoint, "--image", demo_dir])
-
-    summary = summarise(scores, model_dir, log_dir, demo_dir, timings, time.time() - started)
-    utils.atomic_write_json(os.path.join(log_dir, "quickstart_summary.json"), summary, indent=2)
+    for key, title, command in chain_commands(arguments, paths):
+        if key == "demo":
+            copy_demo_images(paths["validation_images"], paths["demo_dir"],
+                             arguments.demo_images)
+        timings[key] = run_step(title, command)
+    summary = summarise(paths["scores"], paths["model_dir"], paths["log_dir"],
+                        paths["demo_dir"], timings, time.time() - started)
+    summary["preset"] = arguments.preset
+    utils.atomic_write_json(os.path.join(paths["log_dir"], "quickstart_summary.json"), summary,
+                            indent=2)
     print_summary(summary)
     return summary
 

@@ -1,6 +1,6 @@
 """The per-sample input pipeline as TensorFlow graph ops: read, decode, warp, colour, targets, mask.
 
-make_dataset (data_generator.py) uses these when ``cfg.pipeline == "tf"`` (the default): every
+dataset.make_dataset uses these when ``cfg.pipeline == "tf"`` (the default): every
 sample is made by graph ops inside tf.data's parallel map, with no Python per sample, so the map
 runs on as many cores as tf.data gives it, and the dataset can be serialised and run by tf.data
 service workers on other machines. The numpy/OpenCV functions of data_generator.py remain the
@@ -42,7 +42,7 @@ Where the time goes, and XLA
     run the warp as a dozen full-image passes, whose dispatch and memory traffic cost more
     than the work. XLA also splits each large loop of a kernel into one piece per intra-op
     thread; on a host whose cores all make samples that costs more than it gains, which is why
-    train.py runs with a pool of 1 on GPU hosts (data_generator.intra_op_threads).
+    train.py runs with a pool of 1 on GPU hosts (dataset.intra_op_threads).
 
 Images
     Formats are recognised by their first bytes as utils.decode_image recognises them; JPEG, PNG,
@@ -53,7 +53,7 @@ Images
     colour jitter is the numpy path's, computed in float32 and rounded to uint8 once at the end (the
     numpy path rounds after each step, so the two differ by a grey level or two). Samples carry
     uint8 pixels, as the numpy path's do, and so do the batches (the model casts them; see
-    data_generator.batched). Validation resizes with area averaging
+    dataset.batched). Validation resizes with area averaging
     (tf.image.resize, like cv2's INTER_AREA) and pads bottom/right.
 
 Bad input
@@ -70,6 +70,7 @@ Bad input
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -607,8 +608,6 @@ WINDOW_PIXELS = tuple(2 ** power for power in range(12, 21)) + (1088 * 1088,)
 # Extra decoded pixels kept around the region a crop reads, so that libjpeg's chroma
 # upsampling at the edges of a cropped decode stays out of the pixels that are sampled.
 WINDOW_MARGIN = 8
-# Compiled functions by what they depend on, shared by every dataset of this process.
-_COMPILED = {}
 
 
 def source_window(inverse, shape, size):
@@ -676,8 +675,9 @@ def training_plan(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws, c
 PEOPLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
-    """training_plan with its targets loop XLA-compiled (targets_kernel).
+def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws, kernel=None):
+    """training_plan with its targets loop XLA-compiled (kernel: targets_kernel(cfg), made here
+    when not given).
 
     The people are padded to a PEOPLE_COUNTS size, the kernel's inputs then having one of a few
     shapes: XLA compiles the kernel for each the first time a sample has it. The loop still
@@ -688,7 +688,8 @@ def planned(cfg, keypoints, boxes, width, height, shape, is_jpeg, draws):
     nobody = tf.tile(tf.constant([[[0.0, 0.0, config.UNLABELLED]]], F64), [missing, NUM_JOINTS, 1])
     no_boxes = tf.fill([missing, 4], tf.constant(np.nan, F64))
     return training_plan(cfg, tf.concat([keypoints, nobody], 0), tf.concat([boxes, no_boxes], 0),
-                         width, height, shape, is_jpeg, draws, count, targets_kernel(cfg))
+                         width, height, shape, is_jpeg, draws, count,
+                         kernel or targets_kernel(cfg))
 
 
 def targets_kernel(cfg):
@@ -707,23 +708,28 @@ def targets_kernel(cfg):
     are plain graph ops, which cost more than their compiled form (the plan of a synthetic
     sample: 0.58 against 0.39 CPU ms, in an ad hoc measurement on one thread).
     """
-    key = ("targets",) + tuple(getattr(cfg, name) for name in KERNEL_FIELDS)
-    if key not in _COMPILED:
-        grid = (cfg.input_size // cfg.stride,) * 2
-        example = person_terms(tf.zeros([0, NUM_JOINTS, 3], F64), grid, cfg.stride,
-                               cfg.heatmap_sigma)
-        scalar = tf.TensorSpec([], F64)
-        signature = [tf.TensorSpec([], tf.int32), tf.nest.map_structure(
-            lambda term: tf.TensorSpec([None] + term.shape[1:].as_list(), term.dtype), example),
-            tf.TensorSpec([3, 3], F64), scalar, scalar, tf.TensorSpec([None, 4], F64)]
-        _COMPILED[key] = tf.function(lambda *inputs: sample_maps(cfg, *inputs),
-                                     jit_compile=True, autograph=False,
-                                     input_signature=signature)
-    return _COMPILED[key]
+    grid = (cfg.input_size // cfg.stride,) * 2
+    example = person_terms(tf.zeros([0, NUM_JOINTS, 3], F64), grid, cfg.stride, cfg.heatmap_sigma)
+    scalar = tf.TensorSpec([], F64)
+    signature = [tf.TensorSpec([], tf.int32), tf.nest.map_structure(
+        lambda term: tf.TensorSpec([None] + term.shape[1:].as_list(), term.dtype), example),
+        tf.TensorSpec([3, 3], F64), scalar, scalar, tf.TensorSpec([None, 4], F64)]
+    return tf.function(lambda *inputs: sample_maps(cfg, *inputs), jit_compile=True,
+                       autograph=False, input_signature=signature)
 
 
-# The Config fields targets_kernel depends on: datasets that agree on them share the kernel.
-KERNEL_FIELDS = ("input_size", "stride", "heatmap_sigma", "paf_width", "ignore_padding")
+class Kernels(NamedTuple):
+    """The XLA kernels of one training dataset (make_kernels): built once per dataset, so that
+    its samples share them and XLA compiles each for a shape only once."""
+
+    targets: object  # targets_kernel(cfg)
+    window: object  # window_kernel(cfg.input_size, cfg.pad_value, cfg.color_jitter)
+
+
+def make_kernels(cfg):
+    """Kernels for cfg's training samples."""
+    return Kernels(targets_kernel(cfg), window_kernel(cfg.input_size, cfg.pad_value,
+                                                      cfg.color_jitter))
 
 
 def padded_count(count):
@@ -745,44 +751,41 @@ def window_kernel(size, pad_value, strength):
     into one loop over the output, which TensorFlow's own ops would run as a dozen full-image
     passes.
     """
-    key = ("warp", size, float(pad_value), float(strength))
-    if key not in _COMPILED:
-        signature = [tf.TensorSpec([None], tf.uint8), tf.TensorSpec([2], tf.int32),
-                     tf.TensorSpec([2, 3], tf.float32), tf.TensorSpec([3], F64)]
+    signature = [tf.TensorSpec([None], tf.uint8), tf.TensorSpec([2], tf.int32),
+                 tf.TensorSpec([2, 3], tf.float32), tf.TensorSpec([3], F64)]
 
-        @tf.function(jit_compile=True, autograph=False, input_signature=signature)
-        def kernel(pixels, extent, inverse, draws):
-            channels = tf.range(3)
-            grid = tf.range(size, dtype=tf.float32)
-            source_x = inverse[0, 0] * grid[None, :] + inverse[0, 1] * grid[:, None] + inverse[0, 2]
-            source_y = inverse[1, 0] * grid[None, :] + inverse[1, 1] * grid[:, None] + inverse[1, 2]
-            left, top = tf.floor(source_x), tf.floor(source_y)
-            fx, fy = (source_x - left)[..., None], (source_y - top)[..., None]
-            left, top = tf.cast(left, tf.int32), tf.cast(top, tf.int32)
+    @tf.function(jit_compile=True, autograph=False, input_signature=signature)
+    def kernel(pixels, extent, inverse, draws):
+        channels = tf.range(3)
+        grid = tf.range(size, dtype=tf.float32)
+        source_x = inverse[0, 0] * grid[None, :] + inverse[0, 1] * grid[:, None] + inverse[0, 2]
+        source_y = inverse[1, 0] * grid[None, :] + inverse[1, 1] * grid[:, None] + inverse[1, 2]
+        left, top = tf.floor(source_x), tf.floor(source_y)
+        fx, fy = (source_x - left)[..., None], (source_y - top)[..., None]
+        left, top = tf.cast(left, tf.int32), tf.cast(top, tf.int32)
 
-            def tap(row, col):
-                inside = (col >= 0) & (col < extent[0]) & (row >= 0) & (row < extent[1])
-                # One byte per gathered element: XLA's CPU code runs gathers of single
-                # elements about three times faster than gathers of 3-byte rows.
-                start = tf.where(inside, row * extent[0] + col, 0) * 3
-                value = tf.cast(tf.gather(pixels, start[..., None] + channels), tf.float32)
-                return tf.where(inside[..., None], value, float(pad_value))
+        def tap(row, col):
+            inside = (col >= 0) & (col < extent[0]) & (row >= 0) & (row < extent[1])
+            # One byte per gathered element: XLA's CPU code runs gathers of single
+            # elements about three times faster than gathers of 3-byte rows.
+            start = tf.where(inside, row * extent[0] + col, 0) * 3
+            value = tf.cast(tf.gather(pixels, start[..., None] + channels), tf.float32)
+            return tf.where(inside[..., None], value, float(pad_value))
 
-            upper_left, upper_right = tap(top, left), tap(top, left + 1)
-            lower_left, lower_right = tap(top + 1, left), tap(top + 1, left + 1)
-            upper = upper_left + (upper_right - upper_left) * fx
-            lower = lower_left + (lower_right - lower_left) * fx
-            return to_pixels(jitter_colors(upper + (lower - upper) * fy, draws, strength))
+        upper_left, upper_right = tap(top, left), tap(top, left + 1)
+        lower_left, lower_right = tap(top + 1, left), tap(top + 1, left + 1)
+        upper = upper_left + (upper_right - upper_left) * fx
+        lower = lower_left + (lower_right - lower_left) * fx
+        return to_pixels(jitter_colors(upper + (lower - upper) * fy, draws, strength))
 
-        _COMPILED[key] = kernel
-    return _COMPILED[key]
+    return kernel
 
 
-def warp_window(cfg, pixels, inverse, draws):
+def warp_window(cfg, pixels, inverse, draws, kernel=None):
     """uint8 (S, S, 3): the window `pixels` (uint8 (h, w, 3)) warped by `inverse` (float32
     (2, 3), output -> window pixels) and colour-jittered with draws (3,), by window_kernel on the
     smallest WINDOW_PIXELS that holds it, or by ImageProjectiveTransformV3 when none does."""
-    kernel = window_kernel(cfg.input_size, cfg.pad_value, cfg.color_jitter)
+    kernel = kernel or window_kernel(cfg.input_size, cfg.pad_value, cfg.color_jitter)
     shape = tf.shape(pixels)[:2]
     count = shape[0] * shape[1]
 
@@ -883,22 +886,24 @@ def open_image(record_size, path, pattern):
     return contents, kind, reason, shape, whole, width, height
 
 
-def training_sample(cfg, record, draws):
+def training_sample(cfg, record, draws, kernels=None):
     """(image uint8 (S, S, 3) RGB, heatmaps, pafs, mask, reason int32): one sample.
 
-    record: RecordTensors.record's tuple; draws: sample_draws. The one affine warp of
+    record: RecordTensors.record's tuple; draws: sample_draws; kernels: the dataset's
+    make_kernels(cfg) (made here when not given). The one affine warp of
     training_transform, colour jitter, and the targets of the transformed keypoints; a skipped
     sample (reason > 0) gets a blank image without decoding anything.
     """
     path, pattern, record_size, keypoints, boxes = record
     contents, kind, reason, shape, whole, width, height = open_image(record_size, path, pattern)
+    kernels = kernels or make_kernels(cfg)
     *targets, factor_index, window, inverse, size_ok = planned(
-        cfg, keypoints, boxes, width, height, shape, kind == JPEG, draws)
+        cfg, keypoints, boxes, width, height, shape, kind == JPEG, draws, kernels.targets)
     reason = tf.where((reason == 0) & ~size_ok, dg.SKIP_REASONS.index("size_mismatch"), reason)
 
     def picture():
         pixels = decode_window(contents, kind, factor_index, whole, window)
-        return warp_window(cfg, pixels, inverse, draws[6:])
+        return warp_window(cfg, pixels, inverse, draws[6:], kernels.window)
 
     blank = tf.zeros([cfg.input_size, cfg.input_size, 3], tf.uint8)
     image = tf.cond(reason == 0, picture, lambda: blank)
@@ -930,13 +935,16 @@ def sample_function(cfg, tensors, training, shard_index):
     draw).
 
     draw counts the samples this shard has drawn (the seed of its randomness); index is the
-    record's row in `tensors` (RecordTensors).
+    record's row in `tensors` (RecordTensors). A training dataset's samples share one set of
+    XLA kernels (make_kernels).
     """
+    kernels = make_kernels(cfg) if training else None
+
     def make(draw, index):
         record = tensors.record(index)
         if training:
             draws = sample_draws(cfg.seed, shard_index, draw, index)
-            sample = training_sample(cfg, record, draws)
+            sample = training_sample(cfg, record, draws, kernels)
         else:
             sample = validation_sample(cfg, record)
         return (*sample, record[0], draw)

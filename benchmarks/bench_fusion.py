@@ -22,7 +22,7 @@ pixel-centre convention, as a perfect network would output them) for the images 
    .find_peaks with the grid's smoothing, see inference.grid_mapping); the mean distance in
    image pixels is reported, with the time of fusion + peak finding per image (median).
 2. Oracle mAP (unless --no-oracle): the same maps at the canvas's own size, fused, parsed
-   (inference.parse_poses) and scored with the official metric (aic_metric), with the median
+   (parsing.parse_poses) and scored with the official metric (aic_metric), with the median
    time of fusion + parsing per image.
 
 Timings use one thread for OpenMP/BLAS/OpenCV. The last line is JSON.
@@ -47,6 +47,7 @@ import aic_metric  # noqa: E402
 import config  # noqa: E402
 import evaluate  # noqa: E402
 import inference  # noqa: E402
+import parsing  # noqa: E402
 from data_generator import render_targets  # noqa: E402
 LOCALISATION_HEIGHT = 1000
 # The original's peak finding: Gaussian smoothing of this many image pixels, integer peaks.
@@ -95,10 +96,10 @@ def peaks_in_pixels(heatmaps, mapping, cfg, method):
     if method == "original peaks":
         maps = np.ascontiguousarray(heatmaps[:, :, :config.NUM_JOINTS])
         smooth = cv2.GaussianBlur(maps, (0, 0), ORIGINAL_SMOOTHING_PIXELS).reshape(maps.shape)
-        row, col, joint = inference._local_maxima(smooth, cfg.peak_threshold)
+        row, col, joint = parsing._local_maxima(smooth, cfg.peak_threshold)
         return joint, np.stack([col, row], axis=1).astype(np.float64)
-    peaks = inference.find_peaks(heatmaps, cfg, mapping["smoothing"])
-    return peaks.joint, inference.grid_to_pixels(peaks.xy, mapping["stride"], mapping["scale"],
+    peaks = parsing.find_peaks(heatmaps, cfg, mapping["smoothing"])
+    return peaks.joint, parsing.grid_to_pixels(peaks.xy, mapping["stride"], mapping["scale"],
                                                  mapping["offset"])
 
 
@@ -153,11 +154,11 @@ def oracle(references, cfg, methods):
         for method in methods:
             started = time.perf_counter()
             heatmaps, pafs, mapping = fuse(method, per_scale, height, width, cfg)
-            people, _ = inference.parse_poses(heatmaps, pafs, cfg, **mapping)
+            people, _ = parsing.parse_poses(heatmaps, pafs, cfg, **mapping)
             seconds[method].append(time.perf_counter() - started)
             people = inference.clip_to_image(people, height, width)
             predictions[method].append({"image_id": record["image_id"], "keypoint_annotations":
-                                        inference.people_to_aic(people, cfg.integer_output)})
+                                        parsing.people_to_aic(people, cfg.integer_output)})
     results = {}
     for method in methods:
         scores = aic_metric.aic_map(predictions[method], references)

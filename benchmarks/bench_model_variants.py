@@ -41,6 +41,7 @@ import bench_fusion  # noqa: E402
 import config  # noqa: E402
 import evaluate  # noqa: E402
 import inference  # noqa: E402
+import parsing  # noqa: E402
 
 # (name, config overrides, fusion method of bench_fusion.fuse or None for the config's own).
 VARIANTS = (
@@ -63,7 +64,7 @@ def parse_variant(per_scale, image, cfg, method):
     if method is None:
         return inference.parse_image(per_scale, image.shape, cfg).people
     heatmaps, pafs, mapping = bench_fusion.fuse(method, per_scale, height, width, cfg)
-    people, _ = inference.parse_poses(heatmaps, pafs, cfg, **mapping)
+    people, _ = parsing.parse_poses(heatmaps, pafs, cfg, **mapping)
     return inference.clip_to_image(people, height, width)
 
 
@@ -81,7 +82,7 @@ def predictions_per_variant(network, cfg, items, variants, warnings):
             for name, _, method in variants:
                 people = parse_variant(per_scale, image, configs[name], method)
                 predictions[name].append({"image_id": image_id, "keypoint_annotations":
-                                          inference.people_to_aic(
+                                          parsing.people_to_aic(
                                               people, configs[name].integer_output)})
 
 

@@ -1,4 +1,4 @@
-"""Oracle accuracy and speed of the parser (inference.parse_poses) on real AIC annotations.
+"""Oracle accuracy and speed of the parser (parsing.parse_poses) on real AIC annotations.
 
     python benchmarks/bench_parser.py [--limit N] [--repeats 5] [--no-ablations] [config options]
 
@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 import config  # noqa: E402
 import evaluate  # noqa: E402
-import inference  # noqa: E402
+import parsing  # noqa: E402
 # Parser variants scored besides the configuration given (name, field overrides).
 ABLATIONS = (
     ("greedy matching", {"limb_matching": "greedy"}),
@@ -68,19 +68,19 @@ def parse_timed(heatmaps, pafs, factor, cfg):
     """parse_poses split into its parts: (people, seconds per part as a dict)."""
     times = {}
     started = time.perf_counter()
-    inference.check_maps(heatmaps, pafs)
-    peaks = inference.find_peaks(heatmaps, cfg)
+    parsing.check_maps(heatmaps, pafs)
+    peaks = parsing.find_peaks(heatmaps, cfg)
     times["peaks"] = time.perf_counter() - started
     started = time.perf_counter()
-    candidates = inference.score_limbs(peaks, pafs, cfg)
+    candidates = parsing.score_limbs(peaks, pafs, cfg)
     times["scoring"] = time.perf_counter() - started
     started = time.perf_counter()
-    connections = inference.match_limbs(
+    connections = parsing.match_limbs(
         candidates, peaks, cfg.limb_matching)
     times["matching"] = time.perf_counter() - started
     started = time.perf_counter()
-    members, _ = inference.assemble_people(peaks, connections, cfg)
-    people = inference.people_from_members(peaks, members, cfg.stride, (factor, factor))
+    members, _ = parsing.assemble_people(peaks, connections, cfg)
+    people = parsing.people_from_members(peaks, members, cfg.stride, (factor, factor))
     times["assembly"] = time.perf_counter() - started
     return people, times
 
@@ -91,7 +91,7 @@ def time_parsing(rendered, cfg, repeats):
     for index, (heatmaps, pafs, factor) in enumerate(rendered):
         for _ in range(repeats):
             started = time.perf_counter()
-            inference.parse_poses(heatmaps, pafs, cfg, stride=cfg.stride, scale=(factor, factor))
+            parsing.parse_poses(heatmaps, pafs, cfg, stride=cfg.stride, scale=(factor, factor))
             total = time.perf_counter() - started
             _, parts = parse_timed(heatmaps, pafs, factor, cfg)
             parts["total"] = total

@@ -1,6 +1,6 @@
 """Throughput of the full training input pipeline (read, decode, augment, render, batch).
 
-Runs ``data_generator.make_dataset(cfg, "train", training=True)`` on the synthetic AIC set and
+Runs ``dataset.make_dataset(cfg, "train", training=True)`` on the synthetic AIC set and
 times how many samples per second come out of the batched, prefetched tf.data pipeline after a
 warm-up, with tf.data's private thread pool limited to each of --threads in turn (and one
 thread per op), all in one run, for each pipeline of --pipelines (tf: graph ops, the default;
@@ -64,6 +64,7 @@ sys.path.insert(0, ROOT)
 
 import config  # noqa: E402
 import data_generator  # noqa: E402
+import dataset  # noqa: E402
 
 
 # Issue 13's goals for the paper preset on a quiet 2-core machine: one thread at least the
@@ -95,24 +96,15 @@ def thread_options(threads):
     return options
 
 
-def compiled_kernels():
-    """How many XLA kernels the tf pipeline has traced so far in this process."""
-    import tf_pipeline
-
-    return sum(function.experimental_get_tracing_count()
-               for function in tf_pipeline._COMPILED.values())
-
-
 def measure_rate(cfg, samples, warmup_batches, threads, before_timing=None):
-    """Rate, CPU cost and skips of the training dataset on `threads` tf.data threads;
+    """Rate, CPU cost and skips of the training batch_data on `threads` tf.data threads;
     before_timing() is called after the warm-up, right before the clock starts."""
     skip_counts = collections.Counter()
-    dataset = data_generator.make_dataset(cfg, "train", True, skip_counts=skip_counts)
-    iterator = iter(dataset.with_options(thread_options(threads)))
+    batch_data = dataset.make_dataset(cfg, "train", True, skip_counts=skip_counts)
+    iterator = iter(batch_data.with_options(thread_options(threads)))
     for _ in range(warmup_batches):
         next(iterator)
     batches = max(1, math.ceil(samples / cfg.batch_size))
-    kernels = compiled_kernels() if cfg.pipeline == "tf" else 0
     if before_timing is not None:
         before_timing()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -124,8 +116,6 @@ def measure_rate(cfg, samples, warmup_batches, threads, before_timing=None):
     return {"samples_per_second": round(count / seconds, 1),
             "cpu_ms_per_sample": round(cpu_seconds / count * 1e3, 3),
             "cores_busy": round(cpu_seconds / seconds, 2),
-            "kernels_compiled_while_timing": (compiled_kernels() if cfg.pipeline == "tf"
-                                              else 0) - kernels,
             "skipped": dict(skip_counts)}
 
 
@@ -151,7 +141,7 @@ def child_rate(cfg, samples, warmup_batches, compile_samples, threads, pin=True,
     """
     cores = limit_cores(threads if pin else 0, first_core)
     # As train.py sizes TensorFlow's intra-op pool on a GPU host (the host makes samples only).
-    intra_op = data_generator.configure_host_threads(cfg, accelerators=True)
+    intra_op = dataset.configure_host_threads(cfg, accelerators=True)
     compile_kernels(cfg, compile_samples)
     return dict(measure_rate(cfg, samples, warmup_batches, threads, before_timing), cores=cores,
                 intra_op_threads=intra_op)
@@ -166,7 +156,7 @@ def timed_in_child(function, *arguments):
 def compile_kernels(cfg, samples):
     """Draw `samples` training samples untimed, so the XLA kernels are compiled beforehand."""
     if cfg.pipeline == "tf" and samples > 0:
-        for _ in data_generator.make_dataset(cfg, "train", True).take(
+        for _ in dataset.make_dataset(cfg, "train", True).take(
                 max(1, samples // cfg.batch_size)):
             pass
 
@@ -279,8 +269,8 @@ def serial_stage_rate(cfg, samples, batches):
         pass
     # Draw numbers renumbered after each pass, so the skip check sees no gap.
     stream = made.repeat().enumerate().map(lambda number, sample: (*sample[:6], number))
-    dataset = data_generator.batched(tf_pipeline.checked_samples(stream), cfg.batch_size, True)
-    iterator = iter(dataset.prefetch(tf.data.AUTOTUNE))
+    batch_data = dataset.batched(tf_pipeline.checked_samples(stream), cfg.batch_size, True)
+    iterator = iter(batch_data.prefetch(tf.data.AUTOTUNE))
     for _ in range(3):
         next(iterator)
     start = time.perf_counter()
@@ -341,8 +331,6 @@ def median_results(rows, threads):
     results = [row[threads] for row in rows]
     merged = {key: round(statistics.median(result[key] for result in results), 3)
               for key in ("samples_per_second", "cpu_ms_per_sample", "cores_busy")}
-    merged["kernels_compiled_while_timing"] = max(
-        result["kernels_compiled_while_timing"] for result in results)
     merged["skipped"] = results[-1]["skipped"]
     merged["cores"] = results[-1]["cores"]
     merged["intra_op_threads"] = results[-1]["intra_op_threads"]

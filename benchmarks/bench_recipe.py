@@ -7,7 +7,7 @@
 For each input normalisation (``--normalizations``, default both) it builds the `paper` network
 at 368x368, copies a VGG19 backbone into it, and runs N steps of train.py's own training step
 (PoseTrainer: the summed Caffe loss over six stages and two branches, SGD with momentum, the
-4x/2x learning-rate multipliers, L2 weight decay) on batches from data_generator.make_dataset
+4x/2x learning-rate multipliers, L2 weight decay) on batches from dataset.make_dataset
 over synthetic AI Challenger records. It prints the loss of every step, the first update's size
 relative to the weights of the stage-1 heatmap output layer, and, last, a JSON summary.
 
@@ -39,6 +39,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import config  # noqa: E402
+import dataset  # noqa: E402
 
 # The layer whose first update is reported: stage 1's heatmap output, as in the CI test.
 PROBE_LAYER = "conv5_5_CPM_L2"
@@ -108,15 +109,14 @@ def run_recipe(cfg, steps, divergence_factor):
     """Train `cfg` for `steps` steps with train.py's trainer; returns a result dict."""
     import keras
 
-    import data_generator
     import model as model_module
-    import train
+    import trainer as trainer_module
 
     keras.utils.set_random_seed(cfg.seed)
     network = model_module.build_model(cfg)
     model_module.load_backbone_weights(network, cfg.backbone_weights)
-    trainer, _ = train.make_trainer(cfg, network)
-    batches = iter(data_generator.make_dataset(cfg, "train", training=True))
+    trainer, _ = trainer_module.make_trainer(cfg, network)
+    batches = iter(dataset.make_dataset(cfg, "train", training=True))
     probe = network.get_layer(PROBE_LAYER).kernel
     losses, first_update, started = [], math.nan, time.monotonic()
     for step in range(steps):

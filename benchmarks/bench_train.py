@@ -6,7 +6,7 @@
 
 Training runs train.py's own training model (loss over all stages, optimiser with the stage
 learning-rate multipliers, NaN guard) through Keras fit on random images and maps of the right
-shapes (data_generator.synthetic_dataset: one cached batch, so the input pipeline costs nothing; the
+shapes (dataset.synthetic_dataset: one cached batch, so the input pipeline costs nothing; the
 figure is the network's speed, not data loading's). Each preset runs `--warmup` steps (tracing
 included) before `--steps` timed ones. Forward latency: the paper network on one 368x368 image
 in a tf.function, median of `--latency_runs` calls after one warm-up call. Mixed precision is
@@ -30,9 +30,9 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import config  # noqa: E402
-import data_generator  # noqa: E402
+import dataset  # noqa: E402
 import model  # noqa: E402
-import train  # noqa: E402
+import trainer as trainer_module  # noqa: E402
 
 
 def parse_arguments(argv=None):
@@ -71,12 +71,12 @@ def preset_config(preset, arguments):
 
 def time_training(cfg, warmup, steps):
     """Images per second of Keras fit on one cached random batch of cfg's shapes."""
-    policy = train.set_precision_policy(cfg)
-    trainer, _ = train.make_trainer(cfg, model.build_model(cfg))
-    dataset = data_generator.synthetic_dataset(cfg, "train", True, batches=1)
-    trainer.fit(dataset, epochs=1, steps_per_epoch=max(1, warmup), verbose=0, shuffle=False)
+    policy = trainer_module.set_precision_policy(cfg)
+    trainer, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
+    batch_data = dataset.synthetic_dataset(cfg, "train", True, batches=1)
+    trainer.fit(batch_data, epochs=1, steps_per_epoch=max(1, warmup), verbose=0, shuffle=False)
     started = time.perf_counter()
-    trainer.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    trainer.fit(batch_data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     seconds = time.perf_counter() - started
     return dict(preset=cfg.preset, policy=policy, jit_compile=cfg.jit_compile,
                 batch_size=cfg.batch_size, input_size=cfg.input_size, steps=steps,
@@ -90,7 +90,7 @@ def time_forward(cfg, runs, size=368):
     import numpy as np
     import tensorflow as tf
 
-    train.set_precision_policy(cfg)
+    trainer_module.set_precision_policy(cfg)
     network = model.build_model(cfg)
     forward = tf.function(lambda images: network(images, training=False),
                           jit_compile=bool(cfg.jit_compile))

@@ -14,6 +14,7 @@ import pytest
 
 import config
 import data_generator as dg
+import dataset
 
 J = config.NUM_JOINTS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -367,13 +368,13 @@ def batches(dataset, count):
 
 def test_make_dataset_shapes_dtypes_and_values(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(5))
-    dataset = dg.make_dataset(cfg, "train", True)
-    images, targets = dataset.element_spec
+    batch_data = dataset.make_dataset(cfg, "train", True)
+    images, targets = batch_data.element_spec
     assert tuple(images.shape) == (2, 32, 32, 3) and images.dtype.name == "uint8"
     assert tuple(targets["heatmaps"].shape) == (2, 8, 8, 15)
     assert tuple(targets["pafs"].shape) == (2, 8, 8, 30)
     assert tuple(targets["mask"].shape) == (2, 8, 8, 1)
-    drawn = batches(dataset, 4)  # more samples than records: the training set repeats
+    drawn = batches(batch_data, 4)  # more samples than records: the training set repeats
     for images, targets in drawn:
         assert images.min() >= 0 and images.max() <= 255
         assert all(np.isfinite(value).all() for value in targets.values())
@@ -383,12 +384,12 @@ def test_make_dataset_shapes_dtypes_and_values(tmp_path):
 
 def test_validation_is_deterministic_single_pass_and_shards(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(5), split="val")
-    first = batches(dg.make_dataset(cfg, "val", False), 10)
-    again = batches(dg.make_dataset(cfg, "val", False), 10)
+    first = batches(dataset.make_dataset(cfg, "val", False), 10)
+    again = batches(dataset.make_dataset(cfg, "val", False), 10)
     assert [len(images) for images, _ in first] == [2, 2, 1]
     for (a, ta), (b, tb) in zip(first, again):
         assert np.array_equal(a, b) and all(np.array_equal(ta[k], tb[k]) for k in ta)
-    shards = [batches(dg.make_dataset(cfg, "val", False, shard=(2, i)), 10) for i in (0, 1)]
+    shards = [batches(dataset.make_dataset(cfg, "val", False, shard=(2, i)), 10) for i in (0, 1)]
     sizes = [sum(len(images) for images, _ in shard) for shard in shards]
     assert sizes == [3, 2]
     everything = np.concatenate([images for images, _ in first])
@@ -402,7 +403,7 @@ def test_input_context_sets_shard_and_per_replica_batch(tmp_path):
     cfg = tiny_cfg(data_dir=cfg.data_dir, records_dir=cfg.records_dir, batch_size=4)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                          num_replicas_in_sync=2)
-    drawn = batches(dg.make_dataset(cfg, "val", False, input_context=context), 10)
+    drawn = batches(dataset.make_dataset(cfg, "val", False, input_context=context), 10)
     assert [len(images) for images, _ in drawn] == [2]  # records 1 and 3, batch 4 / 2 replicas
 
 
@@ -429,7 +430,7 @@ def test_bad_input_is_skipped_or_gives_finite_targets(tmp_path):
     ]
     cfg = write_dataset(tmp_path, entries)
     counts = collections.Counter()
-    drawn = batches(dg.make_dataset(cfg, "train", True, skip_counts=counts), 12)
+    drawn = batches(dataset.make_dataset(cfg, "train", True, skip_counts=counts), 12)
     for images, targets in drawn:
         assert np.isfinite(images).all()
         assert all(np.isfinite(value).all() for value in targets.values())
@@ -441,7 +442,7 @@ def test_bad_input_is_skipped_or_gives_finite_targets(tmp_path):
     counts.clear()
     os.rename(os.path.join(cfg.records_dir, "train.jsonl"),
               os.path.join(cfg.records_dir, "val.jsonl"))
-    drawn = batches(dg.make_dataset(cfg, "val", False, skip_counts=counts), 20)
+    drawn = batches(dataset.make_dataset(cfg, "val", False, skip_counts=counts), 20)
     assert sum(len(images) for images, _ in drawn) == 8
     assert sum(counts.values()) == 5
 
@@ -451,7 +452,7 @@ def test_pipeline_stops_when_every_sample_is_bad(tmp_path):
 
     cfg = write_dataset(tmp_path, [("gone.jpg", None, [], (10, 10))])
     with pytest.raises(tf.errors.OpError, match="in a row were skipped"):
-        batches(dg.make_dataset(cfg, "train", True), 1)
+        batches(dataset.make_dataset(cfg, "train", True), 1)
 
 
 def test_bad_record_lines_are_skipped(tmp_path):
@@ -468,23 +469,23 @@ def test_bad_record_lines_are_skipped(tmp_path):
 
 
 def test_intra_op_threads_auto_is_one_on_gpu_hosts_and_tensorflows_default_otherwise():
-    assert dg.intra_op_threads(-1, accelerators=True) == 1
-    assert dg.intra_op_threads(-1, accelerators=False) == 0
-    assert dg.intra_op_threads(0, accelerators=True) == 0
-    assert dg.intra_op_threads(3, accelerators=False) == 3
-    assert "intra_op_threads" in dg.pipeline_problem(config.make_config("tiny",
+    assert dataset.intra_op_threads(-1, accelerators=True) == 1
+    assert dataset.intra_op_threads(-1, accelerators=False) == 0
+    assert dataset.intra_op_threads(0, accelerators=True) == 0
+    assert dataset.intra_op_threads(3, accelerators=False) == 3
+    assert "intra_op_threads" in dataset.pipeline_problem(config.make_config("tiny",
                                                                         intra_op_threads=-2))
-    assert dg.pipeline_problem(config.make_config("tiny", intra_op_threads=4)) == ""
+    assert dataset.pipeline_problem(config.make_config("tiny", intra_op_threads=4)) == ""
 
 
 def test_configure_host_threads_sizes_the_pool_before_tensorflow_starts():
     """In a fresh process the pool takes the size; once TensorFlow runs, it stays and warns."""
-    code = ("import config, data_generator as dg, tensorflow as tf\n"
+    code = ("import config, dataset, tensorflow as tf\n"
             "cfg = config.make_config('tiny')\n"
-            "print(dg.configure_host_threads(cfg, accelerators=True))\n"
+            "print(dataset.configure_host_threads(cfg, accelerators=True))\n"
             "print(tf.config.threading.get_intra_op_parallelism_threads())\n"
             "tf.constant(1.0) + 1.0\n"
-            "print(dg.configure_host_threads(config.make_config('tiny', intra_op_threads=3)))\n")
+            "print(dataset.configure_host_threads(config.make_config('tiny', intra_op_threads=3)))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,7 +10,7 @@ import pytest
 
 import config
 import demo
-import inference
+import parsing
 from config import JOINT_COLORS, NUM_JOINTS
 
 
@@ -122,7 +122,7 @@ def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkey
     write_image(tmp_path / "good.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     person = one_person(size=40)
-    monkeypatch.setattr(inference, "parse_poses",
+    monkeypatch.setattr(parsing, "parse_poses",
                         lambda *args, **kwargs: (person.copy(), np.ones(1, np.float32)))
     out = tmp_path / "out" / "predictions.json"
     status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out),

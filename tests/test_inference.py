@@ -12,6 +12,7 @@ import pytest
 
 import config
 import inference
+import parsing
 from config import FLIP_JOINTS, LIMBS, NUM_HEATMAPS, NUM_JOINTS, NUM_PAFS
 
 # A standing person facing the camera, (x, y) offsets in grid cells from its centre; its right
@@ -65,7 +66,7 @@ def cfg():
 
 
 def parse(heatmaps, pafs, cfg):
-    return inference.parse_poses(heatmaps, pafs, cfg, stride=1)
+    return parsing.parse_poses(heatmaps, pafs, cfg, stride=1)
 
 
 def match_people(found, expected):
@@ -159,7 +160,7 @@ def gaussian_map(x, y, rows=15, cols=15, sigma=0.875):
 ])
 def test_sub_cell_refinement_recovers_a_gaussian_centre(cfg, x, y, smoothing, tolerance):
     cfg.peak_smoothing = smoothing
-    peaks = inference.find_peaks(gaussian_map(x, y), cfg)
+    peaks = parsing.find_peaks(gaussian_map(x, y), cfg)
     assert peaks.joint.tolist() == [4]
     assert peaks.start[4] == 0 and peaks.start[5] == 1
     assert np.abs(peaks.xy[0] - (x, y)).max() < tolerance
@@ -169,7 +170,7 @@ def test_sub_cell_refinement_recovers_a_gaussian_centre(cfg, x, y, smoothing, to
 
 def test_a_gaussian_exactly_between_two_cells_gives_one_peak(cfg):
     cfg.peak_smoothing = 0.0
-    peaks = inference.find_peaks(gaussian_map(5.5, 7.0), cfg)
+    peaks = parsing.find_peaks(gaussian_map(5.5, 7.0), cfg)
     assert len(peaks.joint) == 1
     assert np.abs(peaks.xy[0] - (5.5, 7.0)).max() < 1e-3
 
@@ -177,17 +178,17 @@ def test_a_gaussian_exactly_between_two_cells_gives_one_peak(cfg):
 def test_greedy_and_optimal_matching_keep_each_peak_once_per_limb(cfg):
     expected = np.stack([person_at(10.3, 11.4), person_at(18.7, 11.6)])
     heatmaps, pafs = draw_maps(expected, 26, 30)
-    peaks = inference.find_peaks(heatmaps, cfg)
-    candidates = inference.score_limbs(peaks, pafs, cfg)
+    peaks = parsing.find_peaks(heatmaps, cfg)
+    candidates = parsing.score_limbs(peaks, pafs, cfg)
     for method in ("greedy", "optimal"):
-        matched = inference.match_limbs(candidates, peaks, method)
+        matched = parsing.match_limbs(candidates, peaks, method)
         for limb in range(len(LIMBS)):
             chosen = matched.limb == limb
             assert len(set(matched.index_a[chosen])) == chosen.sum()
             assert len(set(matched.index_b[chosen])) == chosen.sum()
         assert len(matched.limb) == 2 * len(LIMBS)
     with pytest.raises(ValueError, match="limb_matching"):
-        inference.match_limbs(candidates, peaks, "best")
+        parsing.match_limbs(candidates, peaks, "best")
 
 
 def test_optimal_matching_untangles_forearms_that_fool_greedy_matching(cfg):
@@ -198,11 +199,11 @@ def test_optimal_matching_untangles_forearms_that_fool_greedy_matching(cfg):
     people[1, 4], people[1, 5] = (8.27, 9.23, 1), (12.09, 8.88, 1)
     heatmaps, pafs = draw_maps(people, 16, 18)
     cfg.peak_smoothing = 0.0
-    peaks = inference.find_peaks(heatmaps, cfg)
-    candidates = inference.score_limbs(peaks, pafs, cfg)
+    peaks = parsing.find_peaks(heatmaps, cfg)
+    candidates = parsing.score_limbs(peaks, pafs, cfg)
 
     def pairs(method):
-        matched = inference.match_limbs(candidates, peaks, method)
+        matched = parsing.match_limbs(candidates, peaks, method)
         return sorted(tuple(np.rint(peaks.xy[[a, b]]).astype(int).ravel().tolist())
                       for a, b in zip(matched.index_a, matched.index_b))
 
@@ -238,7 +239,7 @@ def test_people_to_aic_format():
     people = np.zeros((2, NUM_JOINTS, 3), dtype=np.float32)
     people[0, :, :] = (10.6, 20.4, 0.9)
     people[1, 13] = (5.2, 6.7, 0.5)
-    result = inference.people_to_aic(people)
+    result = parsing.people_to_aic(people)
     assert list(result) == ["human1", "human2"]
     assert all(len(values) == 42 for values in result.values())
     # Sub-pixel floats by default (float32 10.6 rounded to 2 decimals), v an int.
@@ -246,18 +247,18 @@ def test_people_to_aic_format():
     assert [type(v) for v in result["human1"][:3]] == [float, float, int]
     assert result["human2"][:39] == [0.0, 0.0, 0] * 13 and result["human2"][39:] == [5.2, 6.7, 1]
     assert all(type(v) is float for v in result["human2"][0:39:3])  # missing joints too
-    integer = inference.people_to_aic(people, integer=True)
+    integer = parsing.people_to_aic(people, integer=True)
     assert all(type(v) is int for values in integer.values() for v in values)
     assert integer["human1"][:3] == [11, 20, 1]
     assert integer["human2"][:39] == [0] * 39 and integer["human2"][39:] == [5, 7, 1]
-    assert inference.people_to_aic(np.zeros((0, NUM_JOINTS, 3))) == {}
+    assert parsing.people_to_aic(np.zeros((0, NUM_JOINTS, 3))) == {}
 
 
 def limb_candidate(passing_samples):
     """Peaks of the neck at (2, 5) and the head top at (11, 5), and PAFs of limb 0 (neck ->
     head top) that point along it on the first `passing_samples` of its 10 sample points
     (x = 2, 3, ..., 11, exactly on cells, so bilinear sampling reads the cells)."""
-    peaks = inference.Peaks(joint=np.array([12, 13]), xy=np.array([[11.0, 5.0], [2.0, 5.0]]),
+    peaks = parsing.Peaks(joint=np.array([12, 13]), xy=np.array([[11.0, 5.0], [2.0, 5.0]]),
                             score=np.ones(2, np.float32),
                             start=np.searchsorted([12, 13], np.arange(NUM_JOINTS + 1)))
     pafs = np.zeros((20, 14, NUM_PAFS), dtype=np.float32)  # 20 rows: no length penalty
@@ -272,7 +273,7 @@ def test_limb_acceptance_rules_count_samples_like_the_original(cfg, passing, rul
     # 10 samples, paf_min_fraction 0.8: the original needs more than 8 (9 of 10).
     cfg.limb_acceptance = rule
     peaks, pafs = limb_candidate(passing)
-    connections = inference.score_limbs(peaks, pafs, cfg)
+    connections = parsing.score_limbs(peaks, pafs, cfg)
     assert (len(connections.limb) == 1) == accepted
     if accepted:  # the mean alignment: `passing` ones out of 10 samples, no length penalty
         assert connections.score[0] == pytest.approx(passing / 10)
@@ -281,13 +282,13 @@ def test_limb_acceptance_rules_count_samples_like_the_original(cfg, passing, rul
 def test_an_unknown_limb_acceptance_rule_is_an_error(cfg):
     cfg.limb_acceptance = "most"
     with pytest.raises(ValueError, match="limb_acceptance"):
-        inference.score_limbs(*limb_candidate(9), cfg)
+        parsing.score_limbs(*limb_candidate(9), cfg)
 
 
 def test_grid_to_pixels_follows_the_grid_convention():
     # Cell (r, c) = (2, 3) is input pixel (3 * 8 + 3.5, 2 * 8 + 3.5); scale 0.5 doubles it.
-    np.testing.assert_allclose(inference.grid_to_pixels((3, 2), 8, (0.5, 0.5)), (55.0, 39.0))
-    np.testing.assert_allclose(inference.grid_to_pixels((3, 2), 8, (1, 1), (1.5, 0.5)),
+    np.testing.assert_allclose(parsing.grid_to_pixels((3, 2), 8, (0.5, 0.5)), (55.0, 39.0))
+    np.testing.assert_allclose(parsing.grid_to_pixels((3, 2), 8, (1, 1), (1.5, 0.5)),
                                (26.0, 19.0))
 
 
@@ -317,10 +318,10 @@ def dot_image(x, y, height=48, width=72, sigma=4.0):
 
 def strongest_peak_in_pixels(heatmaps, mapping, cfg, joint=0):
     """The strongest peak of `joint` in original pixels, and the number of its peaks."""
-    peaks = inference.find_peaks(heatmaps, cfg, mapping["smoothing"])
+    peaks = parsing.find_peaks(heatmaps, cfg, mapping["smoothing"])
     first, last = peaks.start[joint], peaks.start[joint + 1]
     best = first + int(np.argmax(peaks.score[first:last]))
-    return inference.grid_to_pixels(peaks.xy[best], mapping["stride"], mapping["scale"],
+    return parsing.grid_to_pixels(peaks.xy[best], mapping["stride"], mapping["scale"],
                                     mapping["offset"]), last - first
 
 
@@ -376,7 +377,7 @@ def test_fusion_grid_and_mapping_by_hand(cfg):
     # A 1x cell is 4 * 400 / 160 = 10 image pixels, a fused cell 2 / 0.8 = 2.5: 0.5 1x cells
     # of smoothing are 2 fused cells. Fused cell 0 is at input pixel 0.5, image pixel 0.75.
     assert mapping["smoothing"] == pytest.approx(2.0)
-    np.testing.assert_allclose(inference.grid_to_pixels(
+    np.testing.assert_allclose(parsing.grid_to_pixels(
         (0, 0), mapping["stride"], mapping["scale"], mapping["offset"]), (0.75, 0.75))
     cfg.fusion_upsample = 0
     image_grid = inference.fusion_grid(400, 300, cfg)

@@ -18,6 +18,7 @@ import tensorflow as tf
 import config
 import data_generator as dg
 import data_service
+import dataset
 import tf_pipeline as tp
 import utils
 from test_data_generator import (batches, bright_centroid, cell_pixel, dot_image, good_entries,
@@ -357,16 +358,16 @@ def test_colour_jitter_equals_opencv_within_rounding():
 
 def test_training_batches_depend_on_the_seed_only_not_on_the_threads(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(5))
-    first = batches(dg.make_dataset(cfg, "train", True), 3)
+    first = batches(dataset.make_dataset(cfg, "train", True), 3)
     # One thread instead of tf.data's default pool: each sample's randomness comes from its
     # key, and the map keeps the order, so the same batches come out.
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
-    again = batches(dg.make_dataset(cfg, "train", True).with_options(options), 3)
+    again = batches(dataset.make_dataset(cfg, "train", True).with_options(options), 3)
     for (a, ta), (b, tb) in zip(first, again):
         assert np.array_equal(a, b) and all(np.array_equal(ta[k], tb[k]) for k in ta)
     assert not np.array_equal(first[0][0], first[1][0])
-    other = batches(dg.make_dataset(dataclasses.replace(cfg, seed=1), "train", True), 1)
+    other = batches(dataset.make_dataset(dataclasses.replace(cfg, seed=1), "train", True), 1)
     assert not np.array_equal(other[0][0], first[0][0])
 
 
@@ -382,7 +383,7 @@ def test_training_shards_draw_disjoint_records_that_cover_the_set(tmp_path):
     centre = cfg.input_size // 2
     seen = []
     for shard_index in (0, 1):
-        drawn = batches(dg.make_dataset(cfg, "train", True, shard=(2, shard_index)), 4)
+        drawn = batches(dataset.make_dataset(cfg, "train", True, shard=(2, shard_index)), 4)
         values = np.concatenate([images[:, centre, centre, 0] for images, _ in drawn])
         ratios = values[:, None] / levels[None, :]
         assert (np.abs(ratios - 1).min(axis=1) <= 0.11).all()
@@ -440,7 +441,7 @@ def test_missing_corrupt_and_undecodable_files_are_skipped_and_counted(tmp_path,
     cfg = dataclasses.replace(cfg, pipeline=pipeline)
     counts = collections.Counter()
     with caplog.at_level("WARNING", logger="data_generator"):
-        drawn = batches(dg.make_dataset(cfg, "val", False, skip_counts=counts), 5)
+        drawn = batches(dataset.make_dataset(cfg, "val", False, skip_counts=counts), 5)
     assert sum(len(images) for images, _ in drawn) == 1
     assert counts["missing_image"] == 1
     # The numpy path's decoder reports the broken header as unreadable; the graph's raises,
@@ -456,9 +457,9 @@ def test_missing_corrupt_and_undecodable_files_are_skipped_and_counted(tmp_path,
 def test_unknown_pipeline_and_service_with_numpy_are_refused(tmp_path):
     cfg = write_dataset(tmp_path, good_entries(2))
     with pytest.raises(ValueError, match="pipeline"):
-        dg.make_dataset(dataclasses.replace(cfg, pipeline="opencv"), "train", True)
+        dataset.make_dataset(dataclasses.replace(cfg, pipeline="opencv"), "train", True)
     with pytest.raises(ValueError, match="graph ops"):
-        dg.make_dataset(dataclasses.replace(cfg, pipeline="numpy",
+        dataset.make_dataset(dataclasses.replace(cfg, pipeline="numpy",
                                             data_service_address="grpc://localhost:1"),
                         "train", True)
 
@@ -470,7 +471,7 @@ def test_tf_data_service_serves_the_training_batches(tmp_path):
                                        host="localhost")
     cfg = dataclasses.replace(write_dataset(tmp_path, good_entries(6)),
                               data_service_address=dispatcher.target)
-    drawn = batches(dg.make_dataset(cfg, "train", True), 4)
+    drawn = batches(dataset.make_dataset(cfg, "train", True), 4)
     assert len(drawn) == 4
     size, grid = cfg.input_size, cfg.input_size // cfg.stride
     for images, targets in drawn:

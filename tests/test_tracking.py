@@ -9,7 +9,7 @@ import pytest
 
 import config
 import demo
-import inference
+import parsing
 import synthetic
 import tracking
 from config import NUM_JOINTS
@@ -141,7 +141,7 @@ def test_a_synthetic_video_keeps_ids_and_writes_every_frame(tmp_path, monkeypatc
         orders.append(rng.permutation(len(people)))
         return people[orders[-1]].astype(np.float32), np.ones(len(people), np.float32)
 
-    monkeypatch.setattr(inference, "parse_poses", oracle)
+    monkeypatch.setattr(parsing, "parse_poses", oracle)
     out = tmp_path / "frames.json"
     assert demo.main(["--model", checkpoint, "--video", str(source), "--json", str(out)]) == 0
     capture = cv2.VideoCapture(str(tmp_path / "walk_pose.mp4"))

@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 
 import config
-import data_generator
+import dataset
+import callbacks
+import checkpoints
 import model
 import train
+import trainer as trainer_module
+from tests.conftest import SimulatedKill, kill_after_renames
 
 # Keras' saving under NumPy 2 warns once per variable; that noise is not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -66,14 +70,14 @@ def test_masked_l2_is_caffe_euclidean_with_the_mask_broadcast_over_channels():
     target[1, 0, 1] = (0.0, 1.0)  # error 2 -> 4 instead of 9
     mask = np.array([[[[1.0], [0.0]]], [[[1.0], [1.0]]]], np.float32)
     # (1 + 4 + 4) / batch 2 / 2
-    assert float(train.masked_l2(prediction, target, mask)) == pytest.approx(9.0 / 4.0)
+    assert float(model.masked_l2(prediction, target, mask)) == pytest.approx(9.0 / 4.0)
 
 
 def test_trainer_loss_is_the_sum_over_stages_and_branches(tmp_path):
     cfg = tiny_config(tmp_path)
     network = model.build_model(cfg)
-    trainer, _ = train.make_trainer(cfg, network)
-    images, targets = next(iter(data_generator.synthetic_dataset(cfg, "val", False)))
+    trainer, _ = trainer_module.make_trainer(cfg, network)
+    images, targets = next(iter(dataset.synthetic_dataset(cfg, "val", False)))
     logs = trainer.test_step((images, targets))
     outputs = [np.asarray(output) for output in network(images)]
     mask, batch = targets["mask"].numpy(), images.shape[0]
@@ -101,11 +105,11 @@ def constant_prediction_loss(targets, stages):
 
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     cfg = tiny_config(tmp_path, optimizer="adam", learning_rate=1e-3)
-    trainer, _ = train.make_trainer(cfg, model.build_model(cfg))
-    dataset = data_generator.synthetic_dataset(cfg, "train", True, batches=1)
-    batch = next(iter(dataset))
+    trainer, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
+    batch_data = dataset.synthetic_dataset(cfg, "train", True, batches=1)
+    batch = next(iter(batch_data))
     before = float(trainer.test_step(batch)["loss"])
-    trainer.fit(dataset, epochs=1, steps_per_epoch=15, verbose=0, shuffle=False)
+    trainer.fit(batch_data, epochs=1, steps_per_epoch=15, verbose=0, shuffle=False)
     trainer.reset_metrics()
     after = float(trainer.test_step(batch)["loss"])
     # Random targets: the tiny network can at best learn each channel's mean, so it must close
@@ -118,7 +122,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
 def test_weight_decay_is_an_l2_term_on_kernels_only(tmp_path):
     cfg = tiny_config(tmp_path, optimizer="sgd", weight_decay=0.01)
     network = model.build_model(cfg)
-    trainer, _ = train.make_trainer(cfg, network)
+    trainer, _ = trainer_module.make_trainer(cfg, network)
     kernels = [layer.kernel.numpy() for layer in network.layers if hasattr(layer, "kernel")]
     expected = 0.5 * 0.01 * sum(float((kernel.astype(np.float64) ** 2).sum()) for kernel in kernels)
     assert float(trainer._decay_term()) == pytest.approx(expected, rel=1e-5)
@@ -131,9 +135,9 @@ def one_sgd_step_changes(tmp_path, stage_multiplier):
     cfg = tiny_config(tmp_path, optimizer="sgd", momentum=0.0, weight_decay=0.0,
                       learning_rate=0.01, stage_lr_multiplier=stage_multiplier)
     network = model.build_model(cfg)
-    trainer, _ = train.make_trainer(cfg, network)
+    trainer, _ = trainer_module.make_trainer(cfg, network)
     before = {v.path: v.numpy().copy() for v in network.trainable_variables}
-    trainer.fit(data_generator.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
+    trainer.fit(dataset.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
                 steps_per_epoch=1, verbose=0, shuffle=False)
     return {v.path: v.numpy() - before[v.path] for v in network.trainable_variables}
 
@@ -157,11 +161,12 @@ def test_learning_rate_factor_and_step_decay(tmp_path):
     cfg = tiny_config(tmp_path, stage_lr_multiplier=4.0, learning_rate=0.1, lr_decay_steps=10,
                       lr_decay_rate=0.5)
     network = model.build_model(cfg)
-    factors = {v.path: train.learning_rate_factor(v, cfg) for v in network.trainable_variables}
+    factors = {v.path: trainer_module.learning_rate_factor(v, cfg)
+               for v in network.trainable_variables}
     assert factors["Mconv1_stage2_L1/kernel"] == 4.0
     assert factors["conv5_1_CPM_L1/kernel"] == 1.0
     assert factors["conv1_1/bias"] == cfg.bias_lr_multiplier
-    schedule = train.make_schedule(cfg)
+    schedule = trainer_module.make_schedule(cfg)
     rates = [float(schedule(step)) for step in (0, 9, 10, 25)]
     np.testing.assert_allclose(rates, [0.1, 0.1, 0.05, 0.025], rtol=1e-6)
     schedule.factor.assign(1.0 / 3.0)
@@ -169,10 +174,10 @@ def test_learning_rate_factor_and_step_decay(tmp_path):
 
 
 def test_fit_phases_finish_an_interrupted_epoch_first():
-    assert train.fit_phases(train.RunState(step=0), 3, 2) == [(0, 2, 3)]
-    assert train.fit_phases(train.RunState(step=7), 3, 4) == [(2, 3, 2), (3, 4, 3)]
-    assert train.fit_phases(train.RunState(step=6), 3, 4) == [(2, 4, 3)]
-    assert train.fit_phases(train.RunState(step=12), 3, 4) == []
+    assert train.fit_phases(checkpoints.RunState(step=0), 3, 2) == [(0, 2, 3)]
+    assert train.fit_phases(checkpoints.RunState(step=7), 3, 4) == [(2, 3, 2), (3, 4, 3)]
+    assert train.fit_phases(checkpoints.RunState(step=6), 3, 4) == [(2, 4, 3)]
+    assert train.fit_phases(checkpoints.RunState(step=12), 3, 4) == []
 
 
 def test_map_panel_shows_image_and_four_maps():
@@ -180,7 +185,7 @@ def test_map_panel_shows_image_and_four_maps():
     heatmaps = np.zeros((4, 4, 15), np.float32)
     heatmaps[1, 2, 0] = 1.0
     pafs = np.zeros((4, 4, 30), np.float32)
-    panel = train.map_panel(image, heatmaps, np.zeros_like(heatmaps), pafs, pafs)
+    panel = callbacks.map_panel(image, heatmaps, np.zeros_like(heatmaps), pafs, pafs)
     assert panel.shape == (16, 80, 3) and panel.dtype == np.uint8
     np.testing.assert_array_equal(panel[:, :16], 100)
     target_tile, predicted_tile = panel[:, 16:32], panel[:, 32:48]
@@ -209,7 +214,7 @@ def event_tags(directory):
 
 def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
     cfg = tiny_config(tmp_path, steps_per_epoch=3, epochs=2, max_train_minutes=1e-9)
-    first = train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    first = train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     # The time budget stops the run after its first step, in the middle of epoch 0.
     assert (first["step"], first["stop_reason"], first["optimizer_iterations"]) == (1, "time", 1)
     model_dir, log_dir = config.run_directories(cfg)
@@ -218,18 +223,18 @@ def test_run_writes_checkpoints_logs_and_resumes_mid_epoch(tmp_path):
         assert os.path.isfile(os.path.join(model_dir, name)), name
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-")]
     assert {"loss", "learning_rate"} <= event_tags(os.path.join(log_dir, "steps"))
-    with pytest.raises(train.TrainError, match="--resume"):
-        train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    with pytest.raises(checkpoints.TrainError, match="--resume"):
+        train.main(cfg, dataset_fn=dataset.synthetic_dataset)
 
     resumed_cfg = dataclasses.replace(cfg, resume=True, max_train_minutes=0.0)
-    second = train.main(resumed_cfg, dataset_fn=data_generator.synthetic_dataset)
+    second = train.main(resumed_cfg, dataset_fn=dataset.synthetic_dataset)
     assert second["resumed"] and second["stop_reason"] == "finished"
     # 2 steps finish epoch 0, then epoch 1: 6 steps in all, the optimizer state included.
     assert (second["steps_this_run"], second["step"], second["optimizer_iterations"]) == (5, 6, 6)
     rows = read_csv(os.path.join(log_dir, "training.csv"))
     assert [row["epoch"] for row in rows] == ["0", "0", "1"]
     assert {"stage2_heatmap_loss", "val_stage1_paf_loss", "learning_rate"} <= set(rows[0])
-    state = train.read_run_state(model_dir)
+    state = checkpoints.read_run_state(model_dir)
     assert (state.step, state.epoch, state.state_file) == (6, 2, "state-000000006.weights.h5")
     assert sorted(name for name in os.listdir(model_dir) if name.startswith("state-")) == \
         ["state-000000006.weights.h5"]
@@ -243,12 +248,12 @@ def nan_after(good_batches):
     """A dataset_fn whose training stream turns to NaN targets after `good_batches` batches
     (the images are uint8, which cannot hold a NaN)."""
     def dataset_fn(cfg, split, training, shard=None, input_context=None):
-        dataset = data_generator.synthetic_dataset(cfg, split, training, input_context=input_context)
+        batch_data = dataset.synthetic_dataset(cfg, split, training, input_context=input_context)
         if not training:
-            return dataset
-        poison = dataset.map(lambda images, targets: (
+            return batch_data
+        poison = batch_data.map(lambda images, targets: (
             images, dict(targets, heatmaps=targets["heatmaps"] * np.nan)))
-        return dataset.take(good_batches).concatenate(poison)
+        return batch_data.take(good_batches).concatenate(poison)
     return dataset_fn
 
 
@@ -258,7 +263,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, caplog)
     assert summary["stop_reason"] == "nan"
     assert "NaN" in caplog.text
     model_dir, _ = config.run_directories(cfg)
-    assert train.read_run_state(model_dir).step == 2  # the epoch-end checkpoint before the NaN
+    assert checkpoints.read_run_state(model_dir).step == 2  # the epoch-end checkpoint before the NaN
     network, _ = model.load_checkpoint(os.path.join(model_dir, "last.keras"))
     assert all(np.isfinite(weight).all() for weight in network.get_weights())
 
@@ -325,13 +330,13 @@ import json, sys
 import tensorflow as tf
 device = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(device, [tf.config.LogicalDeviceConfiguration()] * 2)
-import config, data_generator, train
+import config, dataset, train
 cfg = config.make_config("tiny", strategy=sys.argv[2], epochs=2, batch_size=4,
                          models_dir=sys.argv[1] + "/models", logs_dir=sys.argv[1] + "/logs",
                          run_name="distributed",
                          **{key: tuple(value) if isinstance(value, list) else value
                             for key, value in json.loads(sys.argv[3]).items()})
-print(json.dumps(train.main(cfg, dataset_fn=data_generator.synthetic_dataset)))
+print(json.dumps(train.main(cfg, dataset_fn=dataset.synthetic_dataset)))
 """
 
 
@@ -400,7 +405,7 @@ def test_two_workers_train_together_and_end_cleanly(tmp_path):
     assert chief["step"] == other["step"] == chief["optimizer_iterations"] == 4
     assert chief["best_loss"] == pytest.approx(other["best_loss"])
     # Only the chief wrote into models/ and logs/.
-    assert train.read_run_state(str(tmp_path / "models" / "distributed")).step == 4
+    assert checkpoints.read_run_state(str(tmp_path / "models" / "distributed")).step == 4
     assert sorted(os.listdir(tmp_path / "models")) == ["distributed"]
 
 
@@ -435,7 +440,7 @@ def test_paper_recipe_first_update_is_small_at_368():
     keras.utils.set_random_seed(0)
     network = model.build_model(dataclasses.replace(cfg, backbone_weights="imagenet"))
     imagenet_scale_backbone(network)
-    trainer, _ = train.make_trainer(cfg, network)
+    trainer, _ = trainer_module.make_trainer(cfg, network)
     grid = cfg.input_size // cfg.stride
     person = np.zeros((1, config.NUM_JOINTS, 3))
     person[0, :, :2] = np.random.default_rng(1).uniform(80, 290, (config.NUM_JOINTS, 2))
@@ -475,7 +480,7 @@ def test_an_unknown_pipeline_or_a_numpy_service_is_refused_before_the_run_starts
                 "--data_service_address needs --pipeline tf"),
                (dict(intra_op_threads=-2), "--intra_op_threads must be -1"))
     for overrides, message in refused:
-        with pytest.raises(train.TrainError, match=message):
+        with pytest.raises(checkpoints.TrainError, match=message):
             train.main(tiny_config(tmp_path, **overrides))
     assert not (tmp_path / "models").exists()
 
@@ -502,48 +507,48 @@ def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
 
 def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path):
     cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
-    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
     before = {name: os.path.getmtime(os.path.join(model_dir, name))
               for name in os.listdir(model_dir)}
     changed = dataclasses.replace(cfg, resume=True, batch_norm=False)
-    with pytest.raises(train.TrainError, match=r"--batch_norm True -> False"):
-        train.main(changed, dataset_fn=data_generator.synthetic_dataset)
+    with pytest.raises(checkpoints.TrainError, match=r"--batch_norm True -> False"):
+        train.main(changed, dataset_fn=dataset.synthetic_dataset)
     after = {name: os.path.getmtime(os.path.join(model_dir, name))
              for name in os.listdir(model_dir)}
     assert after == before  # config.json, best.keras and the state are untouched
     # Inference and training-control fields may change on resume.
     allowed = dataclasses.replace(cfg, resume=True, epochs=2, scales=(1.0, 2.0))
-    assert train.main(allowed, dataset_fn=data_generator.synthetic_dataset)["resumed"]
+    assert train.main(allowed, dataset_fn=dataset.synthetic_dataset)["resumed"]
 
 
 def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
     cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
-    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
     # The saved config edited by hand: the state file no longer fits the network it describes.
     config.save_config(dataclasses.replace(cfg, batch_norm=False),
                        os.path.join(model_dir, "config.json"))
     resumed = dataclasses.replace(cfg, resume=True, batch_norm=False, epochs=2)
     with pytest.raises(model.CheckpointError, match="not loaded"):
-        train.main(resumed, dataset_fn=data_generator.synthetic_dataset)
+        train.main(resumed, dataset_fn=dataset.synthetic_dataset)
 
 
 def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, epochs=1)
-    train.main(cfg, dataset_fn=data_generator.synthetic_dataset)
+    train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
-    good = train.read_run_state(model_dir)
+    good = checkpoints.read_run_state(model_dir)
     kept = {name: (tmp_path / "models" / "tiny" / name).read_bytes()
             for name in ("last.json", "last.keras", good.state_file)}
 
     class Usage:
         free = 1000  # bytes: far less than a checkpoint
 
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: Usage())
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: Usage())
     more = dataclasses.replace(cfg, resume=True, epochs=2)
-    with pytest.raises(train.TrainError, match="MB free, a checkpoint needs about"):
-        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    with pytest.raises(checkpoints.TrainError, match="MB free, a checkpoint needs about"):
+        train.main(more, dataset_fn=dataset.synthetic_dataset)
     for name, content in kept.items():
         assert (tmp_path / "models" / "tiny" / name).read_bytes() == content
     monkeypatch.undo()
@@ -554,9 +559,102 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pa
             handle.write(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train.PoseTrainer, "save_weights", no_space)
-    with pytest.raises(train.TrainError, match="No space left on device"):
-        train.main(more, dataset_fn=data_generator.synthetic_dataset)
+    monkeypatch.setattr(trainer_module.PoseTrainer, "save_weights", no_space)
+    with pytest.raises(checkpoints.TrainError, match="No space left on device"):
+        train.main(more, dataset_fn=dataset.synthetic_dataset)
     assert sorted(os.listdir(model_dir)) == sorted(
         ["best.keras", "config.json", "last.json", "last.keras", good.state_file])
-    assert train.read_run_state(model_dir).step == good.step
+    assert checkpoints.read_run_state(model_dir).step == good.step
+
+
+def recording(calls):
+    """dataset.synthetic_dataset that notes the seed of every training stream it makes."""
+    def dataset_fn(cfg, split, training, shard=None, input_context=None):
+        if training:
+            calls.append(cfg.seed)
+        return dataset.synthetic_dataset(cfg, split, training, input_context=input_context)
+    return dataset_fn
+
+
+def test_a_kill_at_any_file_landing_leaves_a_run_that_resumes(tmp_path, monkeypatch):
+    """A SIGKILL stand-in after the 1st, 2nd, ... file a run renames into place (every moment
+    the saved state changes): the run left behind always resumes from its last complete
+    checkpoint, reshuffled with seed + step as documented, and goes on to the end."""
+    cfg = tiny_config(tmp_path, epochs=1)
+    train.main(cfg, dataset_fn=dataset.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    kill_point, finished, streams = 1, False, 0
+    while not finished:
+        before = checkpoints.read_run_state(model_dir)
+        more = dataclasses.replace(cfg, resume=True, epochs=before.epoch + 1)
+        seeds = []
+        with monkeypatch.context() as patch:
+            kill_after_renames(patch, kill_point)
+            try:
+                train.main(more, dataset_fn=recording(seeds))
+                finished = True
+            except SimulatedKill:
+                pass
+        after = checkpoints.read_run_state(model_dir)  # names a complete state file
+        assert after.step in (before.step, before.step + more.steps_per_epoch), kill_point
+        # A kill before the datasets are made leaves no stream to check.
+        assert seeds[:1] in ([], [cfg.seed + before.step])
+        streams += len(seeds[:1])
+        kill_point += 1
+        assert kill_point < 20, "a run renames more files than a checkpoint has"
+    assert streams >= 2
+    resumed = train.main(dataclasses.replace(cfg, resume=True, epochs=after.epoch + 1),
+                         dataset_fn=dataset.synthetic_dataset)
+    assert resumed["resumed"] and resumed["step"] == after.step + cfg.steps_per_epoch
+    assert resumed["optimizer_iterations"] == resumed["step"]
+
+
+def test_a_corrupt_checkpoint_or_run_state_is_one_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    train.main(cfg, dataset_fn=dataset.synthetic_dataset)
+    model_dir, _ = config.run_directories(cfg)
+    state = checkpoints.read_run_state(model_dir)
+    state_path = os.path.join(model_dir, state.state_file)
+    content = open(state_path, "rb").read()
+    more = dataclasses.replace(cfg, resume=True, epochs=2)
+    with open(state_path, "wb") as handle:
+        handle.write(content[:len(content) // 2])
+    with pytest.raises(model.CheckpointError, match="unreadable or truncated") as error:
+        train.main(more, dataset_fn=dataset.synthetic_dataset)
+    assert state.state_file in str(error.value) and "\n" not in str(error.value)
+    with open(state_path, "wb") as handle:
+        handle.write(content)
+    sidecar = os.path.join(model_dir, "last.json")
+    with open(sidecar, "w", encoding="utf-8") as handle:
+        handle.write('{"step": 2, "epo')
+    with pytest.raises(checkpoints.TrainError, match="unreadable run state") as error:
+        train.main(more, dataset_fn=dataset.synthetic_dataset)
+    assert "last.json" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unwritable_logs_dir_fails_before_anything_is_written(tmp_path):
+    """A logs_dir under a regular file cannot be created, even by root (chmod would not stop
+    root): the run stops with the path named and leaves no model folder half made."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    cfg = tiny_config(tmp_path, logs_dir=str(tmp_path / "blocker" / "logs"))
+    with pytest.raises(OSError) as error:
+        train.main(cfg, dataset_fn=dataset.synthetic_dataset)
+    assert "blocker" in str(error.value)
+    model_dir, _ = config.run_directories(cfg)
+    assert not os.path.exists(os.path.join(model_dir, "last.json"))
+
+
+def test_a_data_service_dispatcher_that_is_not_there_is_one_line(tmp_path):
+    data_dir, records_dir = write_tiny_records(str(tmp_path))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    cfg = tiny_config(tmp_path, data_dir=data_dir, records_dir=records_dir,
+                      data_service_address=f"grpc://localhost:{port}")
+    started = time.monotonic()
+    with pytest.raises(checkpoints.TrainError, match="no dispatcher answers there") as error:
+        train.main(cfg)
+    assert time.monotonic() - started < 30 and "data_service.py dispatcher" in str(error.value)
+    assert not os.path.exists(config.run_directories(cfg)[0])
+    with pytest.raises(checkpoints.TrainError, match="expected grpc://HOST:PORT"):
+        train.main(dataclasses.replace(cfg, data_service_address="grpc://localhost"))
