@@ -180,22 +180,30 @@ class Config:
     # Network geometry.
     # Square training crop in pixels (the network itself takes any multiple of the stride).
     input_size: int = augmentation(368)
+    # openpose: VGG19 and Cao's stages | light: MobileNetV1 and Osokin's lightweight stages
+    # (see model.py's docstring for which of the fields below each network reads).
+    network: str = architecture("openpose")
     stride: int = architecture(8)  # Output grid step in input pixels (8: three 2x2 pools; 4: two).
-    # Number of refinement stages, each with a PAF and a heatmap branch.
+    # Number of stages (stage 1, then refinement stages 2..T), each with a PAF and a heatmap
+    # branch; the light network's stage 1 is Osokin's initial stage, so stages = 1 + his
+    # num_refinement_stages.
     stages: int = architecture(6)
     # VGG19 block widths up to conv4_2.
     backbone_channels: tuple = architecture((64, 128, 256, 512))
-    cpm_channels: tuple = architecture((256, 128))  # conv4_3_CPM and conv4_4_CPM widths.
+    # conv4_3_CPM and conv4_4_CPM widths (light: cpm_align with its trunk, and cpm_conv).
+    cpm_channels: tuple = architecture((256, 128))
     stage_channels: int = architecture(128)  # Width of every hidden stage convolution.
     stage1_kernel: int = architecture(3)  # Kernel of stage 1's three hidden convolutions.
     # Width of stage 1's 1x1 convolution before its outputs.
     stage1_hidden: int = architecture(512)
     stage_kernel: int = architecture(7)  # Kernel of the hidden convolutions in stages 2..T.
-    stage_convs: int = architecture(5)  # Number of k x k convolutions in stages 2..T.
-    backbone_weights: str = training("imagenet")  # imagenet | PATH to saved VGG19 weights | none.
+    # Number of k x k convolutions in stages 2..T (light: residual blocks per refinement stage).
+    stage_convs: int = architecture(5)
+    # imagenet | PATH to saved VGG19 (openpose) or MobileNet (light) weights | none.
+    backbone_weights: str = training("imagenet")
     # Batch normalisation after hidden convolutions (not in the paper).
     batch_norm: bool = architecture(False)
-    # openpose: (BGR-128)/256 | imagenet: BGR-mean.
+    # openpose: (BGR-128)/256 | imagenet: BGR-mean | mobilenet: RGB/127.5-1 (MobileNet's).
     input_normalization: str = architecture("openpose")
 
     # Targets.
@@ -221,7 +229,7 @@ class Config:
     pipeline: str = training("tf")
     # TensorFlow's intra-op thread pool: -1 (auto) is 1 when the model trains on GPUs and
     # TensorFlow's default otherwise, 0 TensorFlow's default (a thread per core), N threads.
-    # See data_generator.intra_op_threads.
+    # See dataset.intra_op_threads.
     intra_op_threads: int = training(-1)
 
     # Optimisation.
@@ -285,8 +293,11 @@ class Config:
     inference_batch: int = inference(8)  # Network inputs per call (images and mirror images).
     inference_chunk: int = inference(32)  # Images per network round; parsing overlaps the next.
     integer_output: bool = inference(False)  # Round submission coordinates to whole pixels.
-    # CPU threads of ONNX Runtime, LiteRT and TensorFlow (0: every core of the machine).
+    # CPU threads of ONNX Runtime, OpenVINO, LiteRT and TensorFlow (0: every core of the machine).
     runtime_threads: int = inference(0)
+    # OpenVINO's inference precision: f32 | bf16 (where the CPU has bfloat16, else f32) | auto
+    # (bf16 where possible, silently). runtimes.OpenVINORuntime.precision says which ran.
+    openvino_precision: str = inference("f32")
 
     # Video (demo.py --video): tracking people across frames and smoothing their keypoints.
     # A detection continues a track when their keypoint similarity (OKS) is at least this.
@@ -391,6 +402,31 @@ PRESETS = {
 
 # What a saved config without an input_normalization field was trained with.
 LEGACY_INPUT_NORMALIZATION = "imagenet"
+
+
+# `light` is Lightweight OpenPose (Osokin 2018): MobileNetV1 to conv5_5 at output stride 8, his
+# CPM, initial stage and one refinement stage, 128 channels wide (model.py's docstring). It is
+# meant for the CPU quick start as much as `cpu` is, so everything that is not architecture
+# (crop size, targets, augmentation, Adam, schedule, time limit, inference) is cpu's, and like
+# cpu it trains from scratch (backbone_weights none), since the ImageNet download needs a
+# network; `--backbone_weights imagenet` or a PATH to MobileNet's weights file loads them.
+# backbone_channels is not read by the light network (MobileNet's widths are fixed); it is reset
+# to the paper's default rather than cpu's narrow widths, which would suggest a thinned backbone.
+PRESETS["light"] = dict(
+    PRESETS["cpu"],
+    network="light",
+    stride=8,
+    stages=2,
+    backbone_channels=Config().backbone_channels,
+    cpm_channels=(128, 128),
+    stage_channels=128,
+    stage1_kernel=3,
+    stage1_hidden=512,
+    stage_kernel=3,
+    stage_convs=5,
+    batch_norm=True,
+    input_normalization="mobilenet",
+)
 
 
 # `tiny` is the cpu preset shrunk to a network that builds and trains in about a second: the

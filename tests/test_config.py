@@ -130,3 +130,31 @@ def test_inference_config_takes_inference_settings_and_paths_only():
     for field in ("stride", "batch_size", "heatmap_sigma", "pad_value"):  # network or training
         with pytest.raises(ValueError, match=f"--{field} is fixed by the checkpoint"):
             config.inference_config(saved, {field: getattr(saved, field)})
+
+
+def test_light_preset_is_osokins_network_with_the_cpu_recipe():
+    light, cpu = config.make_config("light"), config.make_config("cpu")
+    assert (light.network, light.stride, light.stages) == ("light", 8, 2)
+    assert (light.stage_channels, light.stage1_hidden, light.stage_convs) == (128, 512, 5)
+    assert (light.stage1_kernel, light.stage_kernel, light.cpm_channels) == (3, 3, (128, 128))
+    assert light.input_normalization == "mobilenet" and light.batch_norm
+    # Like cpu it trains from scratch offline; everything but the architecture is cpu's.
+    assert light.backbone_weights == "none"
+    for name in config.fields_with_role(*(set(config.ROLES) - {config.ARCHITECTURE})):
+        assert getattr(light, name) == getattr(cpu, name), name
+    assert light.input_size % light.stride == 0
+    assert Config().network == "openpose" and config.make_config("cpu").network == "openpose"
+
+
+def test_light_preset_from_the_command_line():
+    cfg = _parse(["--preset", "light", "--stages", "3", "--backbone-weights", "imagenet"])
+    assert (cfg.network, cfg.stages, cfg.backbone_weights) == ("light", 3, "imagenet")
+    assert _parse(["--network", "light"]).network == "light"
+
+
+def test_a_saved_config_without_a_network_is_openpose(tmp_path):
+    path = tmp_path / "config.json"
+    values = config.make_config("cpu").to_dict()
+    del values["network"]
+    path.write_text(json.dumps(values))
+    assert config.load_config(str(path)).network == "openpose"

@@ -120,6 +120,9 @@ def test_invalid_geometry_is_rejected():
                   [128 - 103.939, 0 - 116.779, 255 - 123.68]]),
     ("openpose", [[(30 - 128) / 256, (20 - 128) / 256, (10 - 128) / 256],
                   [0.0, -0.5, (255 - 128) / 256]]),
+    # MobileNet's keeps RGB order: x / 127.5 - 1.
+    ("mobilenet", [[10 / 127.5 - 1, 20 / 127.5 - 1, 30 / 127.5 - 1],
+                   [1.0, -1.0, 128 / 127.5 - 1]]),
 ])
 def test_input_normalization_flips_to_bgr_then_shifts_and_scales(mode, expected):
     images = np.array([[[[10.0, 20.0, 30.0], [255.0, 0.0, 128.0]]]], np.float32)
@@ -315,3 +318,232 @@ def test_load_checkpoint_names_a_config_json_it_cannot_read(tmp_path):
     assert message.startswith(f"{tmp_path / 'run' / 'config.json'}: cannot be read as a run's "
                               "config (Expecting property name")
     assert message.count(str(tmp_path)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightweight OpenPose (network light)
+# ---------------------------------------------------------------------------------------------
+def light_config(**overrides):
+    return config.make_config("light", **overrides)
+
+
+def expected_light_parameters(stages):
+    """Lightweight OpenPose's parameter count written out from Osokin's layer sizes.
+
+    A batch normalisation holds 4 values per channel (scale, offset, moving mean, moving
+    variance). MobileNet's convolutions and the CPM's depthwise-separable units have no bias.
+    """
+    batch_norm = 4
+    # MobileNet to conv5_5: conv1 (3x3, 3 -> 32), then per block a 3x3 depthwise on its inputs
+    # and a 1x1 to its width, each followed by batch normalisation.
+    total = 3 * 3 * 3 * 32 + batch_norm * 32
+    blocks = ((32, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512)) + \
+        ((512, 512),) * 5
+    for inputs, outputs in blocks:
+        total += 3 * 3 * inputs + batch_norm * inputs + inputs * outputs + batch_norm * outputs
+    # CPM: 1x1 512 -> 128, three units of 3x3 depthwise + 1x1 128, then a 3x3 128 -> 128.
+    total += conv_parameters(1, 512, 128) + 3 * (3 * 3 * 128 + 128 * 128)
+    total += conv_parameters(3, 128, 128)
+    # Initial stage: three 3x3 128 -> 128, then per branch 1x1 128 -> 512 and 512 -> out.
+    total += 3 * conv_parameters(3, 128, 128)
+    for out in (NUM_PAFS, NUM_HEATMAPS):
+        total += conv_parameters(1, 128, 512) + conv_parameters(1, 512, out)
+    # Refinement stages: five blocks of 1x1 (from the concatenation in the first), 3x3 + batch
+    # norm and dilated 3x3 + batch norm, then per branch 1x1 128 -> 128 and 128 -> out.
+    trunk = 2 * (conv_parameters(3, 128, 128) + batch_norm * 128)
+    for _ in range(stages - 1):
+        total += conv_parameters(1, 128 + NUM_PAFS + NUM_HEATMAPS, 128) + trunk
+        total += 4 * (conv_parameters(1, 128, 128) + trunk)
+        for out in (NUM_PAFS, NUM_HEATMAPS):
+            total += conv_parameters(1, 128, 128) + conv_parameters(1, 128, out)
+    return total
+
+
+@pytest.fixture(scope="module")
+def light_network():
+    return model.build_model(light_config())
+
+
+def test_light_preset_has_osokins_layers_and_parameter_count(light_network):
+    # MobileNet 1,627,840 + CPM 265,856 + initial stage 597,933 + one refinement stage
+    # 1,608,109.
+    assert light_network.count_params() == expected_light_parameters(2) == 4_099_738
+    strides = {name: light_network.get_layer(name).strides for name in
+               (f"conv_dw_{block}" for block in range(1, 12))}
+    assert [block for block, stride in enumerate(strides.values(), 1) if stride != (1, 1)] == [2, 4]
+    assert light_network.get_layer("conv1").strides == (2, 2)
+    # conv4_2 (block 6) keeps the grid; conv5_1 (block 7) is dilated instead, as in Osokin's.
+    dilated = [block for block in range(1, 12)
+               if light_network.get_layer(f"conv_dw_{block}").dilation_rate != (1, 1)]
+    assert dilated == [7]
+    names = {layer.name for layer in light_network.layers}
+    assert set(model.MOBILENET_LAYER_NAMES) <= names and "conv_dw_12" not in names
+    assert light_network.get_layer("conv_pw_11").kernel.shape == (1, 1, 512, 512)
+    assert light_network.get_layer("cpm_dw1").activation is keras.activations.elu
+    assert isinstance(light_network.get_layer("refinement_stage2_block5_dilated_bn"),
+                      keras.layers.BatchNormalization)
+    assert light_network.get_layer("refinement_stage2_block1_dilated").dilation_rate == (2, 2)
+    assert "refinement_stage2_block1_align_bn" not in names
+    # The project's concatenation order: [PAFs, heatmaps, features].
+    concat = light_network.get_layer("concat_stage2")
+    assert [tensor._keras_history.operation.name for tensor in concat.input] == [
+        "initial_stage_L1", "initial_stage_L2", "cpm_conv"]
+    assert light_network.get_layer("refinement_stage2_block1_align").kernel.shape == \
+        (1, 1, NUM_PAFS + NUM_HEATMAPS + 128, 128)
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_light_stage_count_changes_only_the_refinement_stages(stages):
+    network = model.build_model(light_config(stages=stages))
+    assert network.count_params() == expected_light_parameters(stages)
+    outputs = network(np.zeros((1, 64, 64, 3), np.float32))
+    assert [tuple(output.shape) for output in outputs] == \
+        [(1, 8, 8, NUM_PAFS), (1, 8, 8, NUM_HEATMAPS)] * stages
+    assert list(network.output_names)[-1] == f"stage{stages}_heatmaps"
+
+
+@pytest.mark.parametrize("height, width", [(368, 368), (368, 656)])
+def test_light_outputs_are_the_stage_list_at_an_eighth(light_network, height, width):
+    images = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
+    outputs = light_network(images)
+    assert list(light_network.output_names) == [
+        "stage1_pafs", "stage1_heatmaps", "stage2_pafs", "stage2_heatmaps"]
+    grid = (1, height // 8, width // 8)
+    assert [tuple(output.shape) for output in outputs] == \
+        [grid + (NUM_PAFS,), grid + (NUM_HEATMAPS,)] * 2
+    assert all(output.dtype.name == "float32" and np.isfinite(np.asarray(output)).all()
+               for output in outputs)
+
+
+def test_light_network_rejects_what_it_cannot_be():
+    with pytest.raises(ValueError, match="stride must be 8"):
+        model.build_model(light_config(stride=4))
+    with pytest.raises(ValueError, match="batch_norm must be true"):
+        model.build_model(light_config(batch_norm=False))
+    with pytest.raises(ValueError, match="network must be one of"):
+        model.build_model(light_config(network="heavy"))
+
+
+def test_light_refinement_layers_get_the_stage_learning_rate():
+    assert model.stage_of_layer("refinement_stage3_block2_conv_bn") == 3
+    assert model.learning_rate_multiplier("refinement_stage2_L1/bias", 4.0, 2.0) == 8.0
+    assert model.learning_rate_multiplier("initial_stage_L1/kernel", 4.0, 2.0) == 1.0
+    assert model.learning_rate_multiplier("conv_pw_11_bn/gamma", 4.0, 2.0) == 1.0
+
+
+def random_mobilenet():
+    """keras.applications MobileNet (no top) with every array random, batch norms included."""
+    mobilenet = keras.applications.MobileNet(weights=None, include_top=False,
+                                             input_shape=(64, 64, 3))
+    rng = np.random.default_rng(1)
+    # Positive values keep the moving variances valid; they also make the outputs finite.
+    mobilenet.set_weights([rng.uniform(0.5, 1.5, weight.shape).astype(np.float32) * 0.3
+                           for weight in mobilenet.get_weights()])
+    return mobilenet
+
+
+def test_light_backbone_weights_from_a_file_are_copied_by_name(tmp_path):
+    mobilenet = random_mobilenet()
+    path = str(tmp_path / "mobilenet.weights.h5")
+    mobilenet.save_weights(path)
+    network = model.build_model(light_config())
+    after_backbone = [layer for layer in network.layers
+                      if layer.weights and layer.name not in model.MOBILENET_LAYER_NAMES]
+    before = {layer.name: layer.get_weights() for layer in after_backbone}
+    assert model.load_backbone_weights(network, path) == len(model.MOBILENET_LAYER_NAMES) == 46
+    for name in model.MOBILENET_LAYER_NAMES:
+        for copied, original in zip(network.get_layer(name).get_weights(),
+                                    mobilenet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(copied, original)
+    for layer in after_backbone:
+        for now, then in zip(layer.get_weights(), before[layer.name]):
+            np.testing.assert_array_equal(now, then)
+    # Up to conv_pw_5 (before the stride change) the light network computes MobileNet itself:
+    # the same padding, ReLU6 and x / 127.5 - 1 input.
+    images = np.random.default_rng(2).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    ours = keras.Model(network.input, network.get_layer("conv_pw_5_relu").output)(images)
+    theirs = keras.Model(mobilenet.input, mobilenet.get_layer("conv_pw_5_relu").output)(
+        images / 127.5 - 1)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-4)
+
+
+# Keras warns about each VGG19 layer it cannot place before it gives up; the refusal is the point.
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
+def test_light_backbone_weights_of_another_network_are_refused(tmp_path, random_vgg19):
+    path = str(tmp_path / "vgg19.weights.h5")
+    random_vgg19.save_weights(path)
+    with pytest.raises(ValueError, match="MobileNet"):
+        model.load_backbone_weights(model.build_model(light_config()), path)
+
+
+def test_light_backbone_weights_that_keras_skipped_are_refused(tmp_path, monkeypatch):
+    path = str(tmp_path / "mobilenet.weights.h5")
+    random_mobilenet().save_weights(path)
+    # Keras may leave a layer it could not match freshly initialised, with only a warning; a
+    # MobileNet that ignores the file stands in for that.
+    fresh = keras.applications.MobileNet
+
+    def ignoring_the_file(**arguments):
+        return fresh(**dict(arguments, weights=None))
+
+    monkeypatch.setattr(keras.applications, "MobileNet", ignoring_the_file)
+    with pytest.raises(ValueError, match="conv1 was not loaded from this file"):
+        model.load_backbone_weights(model.build_model(light_config()), path)
+
+
+def test_offline_imagenet_mobilenet_names_the_local_file(monkeypatch, tmp_path):
+    import socket
+    import urllib.error
+
+    from keras.src.backend import config as keras_config
+    from keras.src.utils import file_utils
+
+    requested = []
+
+    def offline(url, *args, **kwargs):
+        requested.append(url)
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    # Only the download itself is replaced (no network access happens), and the cache is an
+    # empty folder, so that a real cached file cannot hide the failure.
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    monkeypatch.setattr(keras_config, "keras_home", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError) as error:
+        model.load_backbone_weights(model.build_model(light_config()), "imagenet")
+    message = str(error.value)
+    assert requested == [model.MOBILENET_NOTOP_URL]
+    assert "\n" not in message
+    assert "--backbone_weights PATH" in message and model.MOBILENET_NOTOP_URL in message
+    assert "mobilenet_1_0_224_tf_no_top.h5" in message
+
+
+def test_light_train_step_lowers_the_loss_and_stays_finite(tmp_path):
+    import dataset
+    import trainer as trainer_module
+
+    cfg = light_config(input_size=64, batch_size=2, models_dir=str(tmp_path / "models"),
+                       logs_dir=str(tmp_path / "logs"))
+    network = model.build_model(cfg)
+    trainer, _ = trainer_module.make_trainer(cfg, network)
+    batch = next(iter(dataset.synthetic_dataset(cfg, "train", True, batches=1)))
+    before = [variable.numpy().copy() for variable in network.trainable_variables]
+    losses = []
+    for _ in range(2):
+        trainer.reset_metrics()  # so that each step logs its own loss, not a running mean
+        logs = trainer.train_step(batch)
+        losses.append(float(logs["loss"]))
+        assert float(logs["nonfinite_steps"]) == 0
+    assert np.isfinite(losses).all() and losses[1] < losses[0]
+    assert all(np.isfinite(variable.numpy()).all() for variable in network.weights)
+    changed = [not np.array_equal(variable.numpy(), start)
+               for variable, start in zip(network.trainable_variables, before)]
+    assert all(changed)
+
+
+def test_light_checkpoint_loads_back_exactly(tmp_path):
+    cfg = light_config(run_name="light")
+    network = saved_run(tmp_path / "run", cfg)
+    loaded, loaded_cfg = model.load_checkpoint(str(tmp_path / "run"))
+    assert loaded_cfg == cfg and loaded.name == network.name
+    for mine, theirs in zip(network.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
