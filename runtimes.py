@@ -1,6 +1,7 @@
-"""One interface over the network's formats: a Keras checkpoint, a SavedModel, ONNX and LiteRT.
+"""One interface over the network's formats: a Keras checkpoint, a SavedModel, ONNX, LiteRT and
+OpenVINO.
 
-    network, cfg = runtimes.load("models/cpu/best.onnx")       # or .keras, .tflite, a folder
+    network, cfg = runtimes.load("models/cpu/best.onnx")       # or .keras, .tflite, .xml, a folder
     heatmaps, pafs = network.run(batch)                         # float32 (N, H, W, 3) RGB 0..255
 
 Every runtime takes a float32 RGB batch (N, H, W, 3) with values 0..255 and H, W multiples of the
@@ -12,15 +13,19 @@ parsing serve every format unchanged.
 
 An exported artefact (export.py) carries its config in a JSON sidecar beside it, PATH + ".json":
 stride, keypoint and limb order, input layout and normalisation, and the run's whole config
-(parser settings included). Loading an ONNX or LiteRT artefact imports no TensorFlow, so the
-inference path runs with requirements-deploy.txt alone (ONNX Runtime, NumPy, OpenCV, SciPy).
+(parser settings included). Loading an ONNX, OpenVINO or LiteRT artefact imports no TensorFlow,
+so the inference path runs with requirements-deploy.txt alone (ONNX Runtime, OpenVINO, NumPy,
+OpenCV, SciPy).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import re
+import zipfile
 
 import numpy as np
 
@@ -32,7 +37,13 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("heatmaps", "pafs")
 # The signature every exported artefact serves (SavedModel and LiteRT).
 SIGNATURE = "serving_default"
-FORMATS = ("keras", "saved_model", "onnx", "litert")
+FORMATS = ("keras", "saved_model", "onnx", "litert", "openvino")
+# What runtimes.py needs that requirements-deploy.txt installs (the TF-free inference path).
+DEPLOY_REQUIREMENTS = "requirements-deploy.txt"
+# OpenVINO inference precisions (Config.openvino_precision): f32 always; bf16 where the CPU
+# computes bfloat16 (AVX512_BF16 or AMX), else f32; auto is bf16 where possible without a warning.
+OPENVINO_PRECISIONS = ("f32", "bf16", "auto")
+LOGGER = logging.getLogger(__name__)
 
 
 class RuntimeLoadError(ValueError):
@@ -43,14 +54,16 @@ class MissingPackageError(RuntimeLoadError):
     """A runtime package is not installed; the message names the pip package to install."""
 
 
-def import_package(module, package, purpose):
-    """Import `module`, or raise MissingPackageError saying which pip `package` gives it."""
+def import_package(module, package, purpose, requirements=DEPLOY_REQUIREMENTS):
+    """Import `module`, or raise MissingPackageError saying which pip `package` gives it and
+    which requirements file of the project lists it."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
         raise MissingPackageError(f"{purpose} needs the Python package {package!r}, which is "
                                   f"not installed ({error}); install it with "
-                                  f"`pip install {package}`") from None
+                                  f"`pip install {package}` or `pip install -r "
+                                  f"{requirements}`") from None
 
 
 def default_threads(threads):
@@ -66,10 +79,11 @@ def format_of(path):
             return "saved_model"
         return "keras"  # a run folder: model.load_checkpoint finds best.keras in it
     extension = os.path.splitext(stripped)[1].lower()
-    formats = {".keras": "keras", ".onnx": "onnx", ".tflite": "litert"}
+    formats = {".keras": "keras", ".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
     if extension not in formats:
         raise RuntimeLoadError(f"{path}: unknown model format; expected a .keras checkpoint, "
-                               "a SavedModel folder, an .onnx or a .tflite file")
+                               "a SavedModel folder, an .onnx, a .tflite or an OpenVINO .xml "
+                               "file")
     return formats[extension]
 
 
@@ -125,6 +139,16 @@ def read_sidecar(path):
 # --------------------------------------------------------------------------------------------
 # Runtimes
 # --------------------------------------------------------------------------------------------
+def check_output_names(path, names):
+    """RuntimeLoadError unless a model's outputs `names` include heatmaps and pafs (a model
+    that export.py did not write may name them otherwise)."""
+    missing = [name for name in OUTPUT_NAMES if name not in names]
+    if missing:
+        raise RuntimeLoadError(f"{path}: no output named {' or '.join(missing)} (its outputs: "
+                               f"{', '.join(sorted(names)) or 'none'}); export.py names the "
+                               f"network's outputs {' and '.join(OUTPUT_NAMES)}")
+
+
 class Runtime:
     """A network behind one call; subclasses implement run(batch) -> (heatmaps, pafs).
 
@@ -147,18 +171,19 @@ class Runtime:
 
 
 class KerasRuntime(Runtime):
-    """A Keras model, run through inference.network_function's compiled tf.function."""
+    """A Keras model, its forward pass compiled once (inference.CompiledNetwork)."""
 
     name = "keras"
 
     def __init__(self, network, path="", threads=0):
-        super().__init__(path, threads)
-        self.network = network
-
-    def run(self, batch):
         import inference
 
-        outputs = inference.network_function(self.network)(batch)
+        super().__init__(path, threads)
+        self.network = network
+        self.forward = inference.network_function(network)
+
+    def run(self, batch):
+        outputs = self.forward(batch)
         return np.asarray(outputs[-1], np.float32), np.asarray(outputs[-2], np.float32)
 
 
@@ -169,7 +194,7 @@ class SavedModelRuntime(Runtime):
 
     def __init__(self, path, threads=0):
         super().__init__(path, threads)
-        tf = import_package("tensorflow", "tensorflow-cpu", "a SavedModel")
+        tf = import_package("tensorflow", "tensorflow-cpu", "a SavedModel", "requirements.txt")
         self.function = tf.saved_model.load(path).signatures[SIGNATURE]
         self.tf = tf
 
@@ -198,6 +223,7 @@ class OnnxRuntime(Runtime):
                                    f"({' '.join(str(error).split())[:200]})") from None
         self.threads = options.intra_op_num_threads
         self.input_name = self.session.get_inputs()[0].name
+        check_output_names(path, [output.name for output in self.session.get_outputs()])
 
     def run(self, batch):
         heatmaps, pafs = self.session.run(list(OUTPUT_NAMES), {self.input_name: batch})
@@ -217,7 +243,8 @@ def litert_interpreter_class():
     except (ImportError, AttributeError):
         raise MissingPackageError("running a .tflite model needs the Python package "
                                   "'ai-edge-litert' (LiteRT), which is not installed; install "
-                                  "it with `pip install ai-edge-litert`") from None
+                                  "it with `pip install ai-edge-litert` (requirements.txt has "
+                                  f"it; {DEPLOY_REQUIREMENTS} leaves it out)") from None
 
 
 class LiteRtRuntime(Runtime):
@@ -235,14 +262,109 @@ class LiteRtRuntime(Runtime):
         except (ValueError, RuntimeError) as error:
             raise RuntimeLoadError(f"{path}: LiteRT cannot load this file "
                                    f"({' '.join(str(error).split())[:200]})") from None
+        signature = self.interpreter.get_signature_list()[SIGNATURE]
+        check_output_names(path, signature["outputs"])
 
     def run(self, batch):
         outputs = self.runner(**{INPUT_NAME: batch})
         return tuple(np.array(outputs[name], np.float32) for name in OUTPUT_NAMES)
 
 
+def check_openvino_precision(precision):
+    """RuntimeLoadError unless `precision` is one of OPENVINO_PRECISIONS."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise RuntimeLoadError(f"--openvino_precision {precision!r}: choose one of "
+                               f"{', '.join(OPENVINO_PRECISIONS)}")
+
+
+def cpu_has_bf16(core):
+    """Whether OpenVINO's CPU plugin computes bfloat16 here (AVX512_BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def openvino_hint(requested, has_bf16, path):
+    """The INFERENCE_PRECISION_HINT to compile with for a requested precision: f32 unless
+    bf16 or auto is asked for and the CPU has bfloat16. Asking for f32 explicitly matters: on
+    CPUs with AMX, OpenVINO's own default is bf16."""
+    if requested == "f32" or not has_bf16:
+        if requested == "bf16":
+            LOGGER.warning("%s: this CPU has no bfloat16 (OpenVINO's CPU capabilities lack "
+                           "BF16), so OpenVINO runs in f32", path)
+        return "f32"
+    return "bf16"
+
+
+def openvino_reason(error):
+    """OpenVINO's error message without its source-file prefixes, on one line."""
+    text = " ".join(str(error).split())
+    return re.sub(r"(Exception from|Check '[^']*' failed at) \S+:\d+:\s*", "", text)[:200]
+
+
+def read_openvino_model(core, path):
+    """The ov.Model of an IR .xml (its weights in the .bin beside it); RuntimeLoadError when
+    either file is missing or not OpenVINO's."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    # Checked here because OpenVINO tries every frontend on a file that is not an IR, and its
+    # TensorFlow frontend prints parse errors straight to the process's stderr.
+    if b"<net" not in head:
+        raise RuntimeLoadError(f"{path}: not an OpenVINO IR (.xml without a <net> element)")
+    weights = os.path.splitext(path)[0] + ".bin"
+    if not os.path.isfile(weights):
+        raise RuntimeLoadError(f"{weights}: missing; an OpenVINO .xml needs the .bin of its "
+                               "weights beside it (export.py writes both)")
+    try:
+        return core.read_model(path)
+    except RuntimeError as error:
+        raise RuntimeLoadError(f"{path}: OpenVINO cannot load this model "
+                               f"({openvino_reason(error)})") from None
+
+
+class OpenVINORuntime(Runtime):
+    """An OpenVINO IR (.xml and its .bin) on OpenVINO's CPU plugin (no TensorFlow).
+
+    The model is compiled once with a dynamic input (N, H, W, 3): OpenVINO's CPU plugin
+    adapts to each new shape itself. requested_precision: f32, bf16 or auto (as asked);
+    precision: what the compiled model computes in ("f32" or "bf16"), read back from OpenVINO,
+    which also says it in one log line.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path, threads=0, precision="f32"):
+        super().__init__(path, threads)
+        check_openvino_precision(precision)
+        ov = import_package("openvino", "openvino", "running an OpenVINO .xml model")
+        core = ov.Core()
+        self.threads, self.requested_precision = default_threads(threads), precision
+        network = read_openvino_model(core, path)
+        properties = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_PRECISION_HINT": openvino_hint(precision, cpu_has_bf16(core),
+                                                                path)}
+        try:
+            network.reshape([-1, -1, -1, 3])
+            compiled = core.compile_model(network, "CPU", properties)
+        except RuntimeError as error:
+            raise RuntimeLoadError(f"{path}: OpenVINO cannot run this model "
+                                   f"({openvino_reason(error)})") from None
+        check_output_names(path, [name for output in compiled.outputs
+                                  for name in output.get_names()])
+        self.outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+        # What the compiled model computes in: OpenVINO falls back to f32 by itself.
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.request = compiled.create_infer_request()
+        LOGGER.info("%s: OpenVINO runs in %s on %d threads (asked for %s)", path,
+                    self.precision, self.threads, precision)
+
+    def run(self, batch):
+        self.request.infer({0: batch})
+        # Copies: the request reuses its output buffers on the next call.
+        return tuple(np.array(self.request.get_tensor(output).data, np.float32)
+                     for output in self.outputs)
+
+
 EXPORTED_RUNTIMES = {"saved_model": SavedModelRuntime, "onnx": OnnxRuntime,
-                     "litert": LiteRtRuntime}
+                     "litert": LiteRtRuntime, "openvino": OpenVINORuntime}
 
 
 def set_tensorflow_threads(threads):
@@ -266,22 +388,32 @@ def load_keras(path, threads=0):
         network, cfg = model_module.load_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RuntimeLoadError(" ".join(str(error).split())[:400]) from None
+    except zipfile.BadZipFile as error:  # A damaged member: load_checkpoint lets it through.
+        raise RuntimeLoadError(f"{path}: damaged Keras archive ({error})") from None
     return KerasRuntime(network, path, threads), cfg
 
 
-def load(path, threads=0):
+def load(path, threads=0, precision=None):
     """(Runtime, Config) of any model path: a .keras checkpoint or run folder (config.json
-    beside it), or an exported SavedModel folder, .onnx or .tflite file (sidecar beside it).
+    beside it), or an exported SavedModel folder, .onnx, .tflite or OpenVINO .xml file
+    (sidecar beside it).
 
-    threads: CPU threads (0: every core; TensorFlow's only change before it starts). Raises
-    RuntimeLoadError (MissingPackageError when the runtime's package is not installed) with
-    a one-line message, and when the outputs do not have config.py's channel counts.
+    threads: CPU threads (0: every core; TensorFlow's only change before it starts).
+    precision: OpenVINO's inference precision, f32 | bf16 | auto (None: the sidecar config's
+    openvino_precision); other runtimes ignore it. Raises RuntimeLoadError
+    (MissingPackageError when the runtime's package is not installed) with a one-line
+    message, and when the outputs do not have config.py's channel counts.
     """
+    if precision is not None:
+        check_openvino_precision(precision)
     if not os.path.exists(path):
         raise RuntimeLoadError(f"{path}: model not found")
     kind = format_of(path)
     if kind == "keras":
         runtime, cfg = load_keras(path, threads)
+    elif kind == "openvino":
+        _, cfg = read_sidecar(path)
+        runtime = OpenVINORuntime(path, threads, precision or cfg.openvino_precision)
     else:
         _, cfg = read_sidecar(path)
         runtime = EXPORTED_RUNTIMES[kind](path, threads)
@@ -295,11 +427,13 @@ def load_for_inference(path, overrides=None):
 
     The one way demo.py and evaluate.py load a network. Only inference, video and path
     settings may be overridden (config.inference_config): a ValueError naming another field is
-    raised before anything is loaded. runtime_threads, when given, sets the runtime's threads.
+    raised before anything is loaded. runtime_threads, when given, sets the runtime's threads;
+    openvino_precision, OpenVINO's precision.
     """
     overrides = dict(overrides or {})
     config.inference_config(config.Config(), overrides)  # Fail before the slow load.
-    runtime, saved = load(path, overrides.get("runtime_threads", 0))
+    runtime, saved = load(path, overrides.get("runtime_threads", 0),
+                          overrides.get("openvino_precision"))
     return runtime, config.inference_config(saved, overrides)
 
 

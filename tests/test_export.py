@@ -138,3 +138,180 @@ def test_errors_are_one_line_with_status_2(tmp_path, tiny_exports, capsys, monke
     assert export.main(["--model", checkpoint, "--format", "litert", "--stride", "8"]) == 2
     assert "--stride is fixed by the checkpoint" in capsys.readouterr().err
     assert sorted(os.listdir(os.path.dirname(checkpoint))) == before  # nothing written
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def openvino_exports(tiny_exports, tmp_path_factory):
+    """The tiny checkpoint exported by one export.py run to OpenVINO float32 and int8 (int8
+    calibrated on three small random images), parity-checked on tiny_exports' images.
+
+    A dict: summary (export's JSON line), float32 and int8 (paths of the .xml files), folder.
+    """
+    import contextlib
+    import io
+
+    from conftest import sample_images_folder
+
+    root = tmp_path_factory.mktemp("openvino")
+    calibration = sample_images_folder(root / "calibration", ((40, 56), (48, 40), (36, 60)))
+    folder = root / "model"
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        status = export.main(["--model", tiny_exports["checkpoint"], "--format", "openvino",
+                              "--openvino_quantization", "none", "int8", "--calibration_images",
+                              calibration, "--out", str(folder / "tiny.xml"),
+                              "--images", tiny_exports["images"]])
+    assert status == 0, capture.getvalue()
+    return {"summary": json.loads(capture.getvalue().strip().splitlines()[-1]),
+            "float32": str(folder / "tiny.xml"), "int8": str(folder / "tiny_int8.xml"),
+            "folder": str(folder)}
+
+
+def test_openvino_float32_export_equals_keras_at_any_shape(openvino_exports, keras_maps):
+    float32, int8 = openvino_exports["summary"]["artefacts"]
+    assert (float32["format"], float32["quantization"], float32["precision"]) == (
+        "openvino", "float32", "f32")
+    assert float32["passed"] and max(float32["max_abs_heatmaps"], float32["max_abs_pafs"]) <= 1e-4
+    # The .xml and its .bin, their sidecars, and no staging files left behind.
+    assert sorted(os.listdir(openvino_exports["folder"])) == [
+        "tiny.bin", "tiny.xml", "tiny.xml.json", "tiny_int8.bin", "tiny_int8.xml",
+        "tiny_int8.xml.json"]
+    values, _ = runtimes.read_sidecar(openvino_exports["float32"])
+    assert (values["format"], values["quantization"]) == ("openvino", "float32")
+    network, _ = runtimes.load(openvino_exports["float32"])
+    assert network.name == "openvino" and network.precision == "f32"
+    for height, width, count in ((32, 48, 2), (24, 64, 1), (40, 40, 3)):
+        batch = random_batch(height, width, count, seed=height)
+        heatmaps, pafs = network.run(batch)
+        expected_heatmaps, expected_pafs = keras_maps(batch)
+        assert heatmaps.shape == (count, height // 4, width // 4, 15)
+        assert pafs.shape == (count, height // 4, width // 4, 30)
+        assert np.abs(heatmaps - expected_heatmaps).max() <= 1e-4
+        assert np.abs(pafs - expected_pafs).max() <= 1e-4
+
+
+def test_openvino_int8_export_is_quantised_and_close_to_keras(openvino_exports, keras_maps):
+    int8 = openvino_exports["summary"]["artefacts"][1]
+    assert (int8["quantization"], int8["tolerance"]) == ("int8", export.PARITY_TOLERANCE["int8"])
+    assert int8["passed"] and 0 < int8["mean_abs"] <= max(int8["max_abs_heatmaps"],
+                                                          int8["max_abs_pafs"]) <= 0.3
+    assert 0.0 <= int8["agreement_map"] <= 1.0
+    with open(openvino_exports["int8"], encoding="utf-8") as handle:
+        assert "FakeQuantize" in handle.read()  # activations and weights quantised by NNCF
+    network, _ = runtimes.load(openvino_exports["int8"])
+    batch = random_batch(32, 56, count=1, seed=5)
+    got, expected = network.run(batch), keras_maps(batch)
+    assert [maps.shape for maps in got] == [(1, 8, 14, 15), (1, 8, 14, 30)]
+    assert 0 < max(np.abs(g - w).max() for g, w in zip(got, expected)) <= 0.3
+
+
+def one_error_line(capfd):
+    """The one line a failed export.py run wrote to stderr (file descriptor 2 included)."""
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("export.py: error: "), lines
+    return lines[0]
+
+
+def test_bad_calibration_and_output_paths_are_one_line_and_write_nothing(tiny_exports, tmp_path,
+                                                                          capfd):
+    checkpoint, images = tiny_exports["checkpoint"], tiny_exports["images"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.txt").write_text("not an image")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "a.jpg").write_text("not a JPEG")
+    (tmp_path / "a_file").write_text("a file where a folder should be")
+    out = tmp_path / "out"
+    int8 = ["--model", checkpoint, "--format", "openvino", "--openvino_quantization", "int8",
+            "--images", images, "--out", str(out / "m.xml"), "--calibration_images"]
+    cases = [
+        (int8 + [str(tmp_path / "empty")], "empty: no images (.jpg"),
+        (int8 + [str(tmp_path / "text")], "text: no images (.jpg"),
+        (int8 + [str(tmp_path / "garbage")], "none of its 1 calibration images can be read"),
+        (int8 + [str(tmp_path / "missing")], "missing: no such folder of calibration images"),
+        (["--model", checkpoint, "--format", "openvino", "--out", str(out / "m.onnx")],
+         "m.onnx: the openvino artefact's name must end in .xml"),
+        (["--model", checkpoint, "--format", "onnx", "--calibration_images", images],
+         "--calibration_images is only used by --format openvino"),
+        # A path under a regular file fails for root too (a read-only folder does not).
+        (["--model", checkpoint, "--format", "onnx", "--out", str(tmp_path / "a_file" / "m.onnx")],
+         "a_file/m.onnx: cannot write this file"),
+        (["--model", checkpoint, "--format", "onnx", "--out", str(out / "m.onnx"), "--images",
+          str(tmp_path / "garbage")], "a.jpg: not an image"),  # parity images read first
+    ]
+    before = sorted(os.listdir(os.path.dirname(checkpoint)))
+    for argv, message in cases:
+        assert export.main(argv) == 2, argv
+        assert message in one_error_line(capfd)
+        assert not out.exists()
+    assert sorted(os.listdir(os.path.dirname(checkpoint))) == before
+
+
+def test_a_read_only_output_folder_is_one_line(tiny_exports, tmp_path, capfd, monkeypatch):
+    """A folder that refuses new files (EACCES, injected because root writes anywhere) is
+    refused before the model is loaded, with nothing left in it."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def refusing_mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.samefile(dir, locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    real_mkstemp = export.tempfile.mkstemp
+    monkeypatch.setattr(export.tempfile, "mkstemp", refusing_mkstemp)
+    assert export.main(["--model", tiny_exports["checkpoint"], "--format", "onnx",
+                        "--out", str(locked / "m.onnx")]) == 2
+    assert "m.onnx: cannot write this file" in one_error_line(capfd)
+    assert os.listdir(locked) == []
+
+
+def damaged_checkpoints(checkpoint, folder):
+    """{name: path} of three bad .keras files beside a copy of the run's config.json: a text
+    file, the first half of the real archive, and the archive with its weights overwritten."""
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(os.path.join(os.path.dirname(checkpoint), "config.json"), folder)
+    with open(checkpoint, "rb") as handle:
+        data = bytearray(handle.read())
+    damaged = bytearray(data)
+    # The weights member sits in the middle: zeros there break its CRC, not the zip directory.
+    damaged[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)
+    contents = {"text.keras": b"not a checkpoint\n", "half.keras": bytes(data[:len(data) // 2]),
+                "crc.keras": bytes(damaged)}
+    for name, content in contents.items():
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(content)
+    return {name: os.path.join(folder, name) for name in contents}
+
+
+def test_damaged_checkpoints_are_one_line(tiny_exports, tmp_path, capfd):
+    paths = damaged_checkpoints(tiny_exports["checkpoint"], str(tmp_path / "bad"))
+    expected = {"text.keras": "not a Keras .keras archive",
+                "half.keras": "not a Keras .keras archive",
+                "crc.keras": "damaged Keras archive (Bad CRC-32"}
+    for name, message in expected.items():
+        out = tmp_path / "out" / "m.onnx"
+        assert export.main(["--model", paths[name], "--format", "onnx", "--out", str(out)]) == 2
+        line = one_error_line(capfd)
+        assert name in line and message in line and not out.exists()
+
+
+def test_a_truncated_checkpoint_fails_without_a_traceback(tiny_exports, tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    path = damaged_checkpoints(tiny_exports["checkpoint"], str(tmp_path / "bad"))["half.keras"]
+    completed = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "export.py"), "--model", path, "--format",
+         "openvino", "--out", str(tmp_path / "out" / "m.xml")],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    errors = [line for line in completed.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"export.py: error: {path}: not a Keras .keras archive (train.py writes "
+                      "those)"]
+    assert not (tmp_path / "out").exists()
