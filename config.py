@@ -284,7 +284,7 @@ class Config:
     # Join split people when gap <= ratio*limbs*limb length.
     fragment_join_ratio: float = inference(1.0)
     # at_least: >= paf_min_fraction of the samples pass | more_than: > (the original, 9 of 10);
-    # at_least scored higher on the oracle and on the quick-start model (README, Results).
+    # at_least scored higher on the oracle and on the quick-start model (docs/benchmarks.md).
     limb_acceptance: str = inference("at_least")
     # Fuse scales on the largest scale's grid x this (0: image pixels).
     fusion_upsample: int = inference(2)
@@ -394,7 +394,7 @@ PRESETS = {
         scales=(1.0, 1.5, 2.0),
         flip_test=True,
         # The small network's maps hold weak duplicate people (left/right confusions) that the
-        # fine fusion grid resolves; dropping people below 0.6 scored best (README, Results).
+        # fine fusion grid resolves; dropping people below 0.6 scored best (docs/benchmarks.md).
         min_person_score=0.6,
     ),
 }

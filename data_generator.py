@@ -16,8 +16,8 @@ Samples
     the person with +-center_jitter pixels of jitter, and a horizontal flip that swaps left and
     right joints (config.FLIP_JOINTS). An image without annotated people is centred and fitted
     into the crop instead. Keypoints go through the same matrix and keep their labels when they
-    leave the crop (the README tells why). Colour jitter (brightness, contrast, saturation, each
-    a factor in 1 +- color_jitter) is applied after the warp, so the grey padding is jittered
+    leave the crop (docs/training.md says why). Colour jitter (brightness, contrast, saturation,
+    each a factor in 1 +- color_jitter) is applied after the warp, so the grey padding is jittered
     too. Validation: the whole image is resized (INTER_AREA) to fit input_size and padded at the
     bottom/right (a letterbox with its origin at the top left, so that mapping back to the
     image is a plain division), with no randomness at all.

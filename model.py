@@ -15,7 +15,7 @@ never do. By ``cfg.input_normalization`` the pixels become:
   mode, the scale and channel order its ImageNet weights were trained at.
 
 ImageNet VGG19 weights are loaded the same way under the first two; why the paper's recipe needs
-``openpose`` is told in the README ("Input scaling") and measured by benchmarks/bench_recipe.py.
+``openpose`` is told in docs/training.md ("Input scaling"), measured by benchmarks/bench_recipe.py.
 Both networks' outputs are the list
 
     [stage1_pafs, stage1_heatmaps, stage2_pafs, stage2_heatmaps, ..., stageT_pafs, stageT_heatmaps]

@@ -4,7 +4,7 @@
     python quickstart.py --images 40 --minutes 1 --workdir /tmp/qs -- --steps_per_epoch 5
 
 Every step is the ordinary script a user would run, started as its own process with the
-chosen --preset, so the quick start exercises exactly what the README documents. Arguments after
+chosen --preset, so it exercises exactly what the README's quick start documents. Arguments after
 `--` are extra config overrides passed to train.py (for example a smaller input for a smoke
 test). The last line printed is a JSON summary of the figures.
 """

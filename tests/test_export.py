@@ -13,6 +13,9 @@ import config
 import export
 import runtimes
 
+# One xdist worker runs this file and test_runtimes.py, which share the exported tiny models.
+pytestmark = pytest.mark.xdist_group("exported_models")
+
 
 @pytest.fixture(scope="module")
 def keras_maps(tiny_exports):

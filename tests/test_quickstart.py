@@ -1,5 +1,5 @@
 """Smoke test of the whole quick-start chain with a tiny budget: every artefact appears and is
-well-formed. The accuracy goal is a benchmark (the README's results), not a test."""
+well-formed. The accuracy goal is a benchmark (docs/benchmarks.md), not a test."""
 
 import glob
 import json

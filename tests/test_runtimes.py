@@ -15,6 +15,9 @@ import evaluate
 import runtimes
 from conftest import ROOT
 
+# One xdist worker runs this file and test_export.py, which share the exported tiny models.
+pytestmark = pytest.mark.xdist_group("exported_models")
+
 
 def test_format_of_paths(tmp_path):
     (tmp_path / "saved").mkdir()

@@ -257,7 +257,8 @@ def nan_after(good_batches):
     return dataset_fn
 
 
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, caplog):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, caplog, monkeypatch):
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, epochs=5)
     summary = train.main(cfg, dataset_fn=nan_after(2))
     assert summary["stop_reason"] == "nan"
@@ -505,7 +506,8 @@ def test_cli_refuses_missing_records_and_an_existing_run_in_one_line(tmp_path):
     assert "--resume" in lines[0]
 
 
-def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path):
+def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path, monkeypatch):
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
     train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
@@ -522,7 +524,8 @@ def test_resume_refuses_a_changed_architecture_field_and_keeps_the_run(tmp_path)
     assert train.main(allowed, dataset_fn=dataset.synthetic_dataset)["resumed"]
 
 
-def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
+def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path, monkeypatch):
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, batch_norm=True, epochs=1)
     train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
@@ -535,6 +538,7 @@ def test_resume_treats_a_variable_keras_did_not_load_as_an_error(tmp_path):
 
 
 def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, epochs=1)
     train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
@@ -552,6 +556,7 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pa
     for name, content in kept.items():
         assert (tmp_path / "models" / "tiny" / name).read_bytes() == content
     monkeypatch.undo()
+    run_eagerly(monkeypatch)
 
     # A write that fails half-way (ENOSPC from the file system) is reported the same way.
     def no_space(self, path, *args, **kwargs):
@@ -576,10 +581,21 @@ def recording(calls):
     return dataset_fn
 
 
+def run_eagerly(patch):
+    """Train without tracing the step functions: in a test of what a run saves and restores,
+    tracing (seconds per run) is most of the time and none of what is under test."""
+    compile_traced = trainer_module.PoseTrainer.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        compile_traced(self, *args, **dict(kwargs, run_eagerly=True))
+    patch.setattr(trainer_module.PoseTrainer, "compile", compile_eagerly)
+
+
 def test_a_kill_at_any_file_landing_leaves_a_run_that_resumes(tmp_path, monkeypatch):
     """A SIGKILL stand-in after the 1st, 2nd, ... file a run renames into place (every moment
     the saved state changes): the run left behind always resumes from its last complete
     checkpoint, reshuffled with seed + step as documented, and goes on to the end."""
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, epochs=1)
     train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
@@ -609,7 +625,8 @@ def test_a_kill_at_any_file_landing_leaves_a_run_that_resumes(tmp_path, monkeypa
     assert resumed["optimizer_iterations"] == resumed["step"]
 
 
-def test_a_corrupt_checkpoint_or_run_state_is_one_clear_error(tmp_path):
+def test_a_corrupt_checkpoint_or_run_state_is_one_clear_error(tmp_path, monkeypatch):
+    run_eagerly(monkeypatch)
     cfg = tiny_config(tmp_path, epochs=1)
     train.main(cfg, dataset_fn=dataset.synthetic_dataset)
     model_dir, _ = config.run_directories(cfg)
