@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -74,6 +75,10 @@ NUMBER_TYPES = frozenset((int, float, np.int32, np.int64, np.float32, np.float64
 # The number types from which NumPy builds an integer array.
 INTEGER_TYPES = frozenset((int, np.int32, np.int64))
 VALUES_PER_PERSON = 3 * NUM_JOINTS
+# Skipped prediction entries warned one by one, per reason; the rest of that reason get one
+# summary line. A 50 MB file of 25 million tiny entries ("[1,1,...]", "[{},{},...]") would
+# otherwise make 25 million warnings: gigabytes of memory and of --json output.
+MAX_ENTRY_WARNINGS = 100
 
 
 class InputError(ValueError):
@@ -232,30 +237,43 @@ def parse_references(references):
         counted=keypoints[:, :, 2] == 1)
 
 
+def _entry_problem(index, entry):
+    """Why the official cannot read prediction entry `index` (a warning), or None."""
+    if not isinstance(entry, dict):
+        return "not_an_object", f"prediction entry {index} is not an object; skipped."
+    if "image_id" not in entry:
+        return "no_image_id", f"prediction entry {index} has no key 'image_id'; skipped."
+    raw_id = entry["image_id"]
+    if not isinstance(raw_id, str):
+        return "image_id", (f"prediction entry {index}: image_id {raw_id!r} is not a string; "
+                            "skipped.")
+    if "keypoint_annotations" not in entry:
+        return "no_keypoints", f"{raw_id} does not have key 'keypoint_annotations'; skipped."
+    return None
+
+
 def _usable_entries(predictions, warnings):
     """The entries the official reads (image_id and keypoint_annotations present), in order.
 
     Entries the official crashes on (not an object, image_id not a string) are skipped with a
-    warning here; so are those it skips itself.
+    warning here; so are those it skips itself. Past MAX_ENTRY_WARNINGS skipped entries of one
+    reason, the others of that reason are counted in one last warning.
     """
-    entries = []
+    entries, skipped = [], {}
     for index, entry in enumerate(predictions):
-        if not isinstance(entry, dict):
-            warnings.append(f"prediction entry {index} is not an object; skipped.")
+        problem = _entry_problem(index, entry)
+        if problem is None:
+            raw_id = entry["image_id"]
+            entries.append(_Entry(index, raw_id, raw_id.split(".")[0],
+                                  entry["keypoint_annotations"]))
             continue
-        if "image_id" not in entry:
-            warnings.append(f"prediction entry {index} has no key 'image_id'; skipped.")
-            continue
-        raw_id = entry["image_id"]
-        if not isinstance(raw_id, str):
-            warnings.append(f"prediction entry {index}: image_id {raw_id!r} is not a string; "
-                            "skipped.")
-            continue
-        if "keypoint_annotations" not in entry:
-            warnings.append(f"{raw_id} does not have key 'keypoint_annotations'; skipped.")
-            continue
-        entries.append(_Entry(index, raw_id, raw_id.split(".")[0],
-                              entry["keypoint_annotations"]))
+        skipped[problem[0]] = skipped.get(problem[0], 0) + 1
+        if skipped[problem[0]] <= MAX_ENTRY_WARNINGS:
+            warnings.append(problem[1])
+    for reason, count in skipped.items():
+        if count > MAX_ENTRY_WARNINGS:
+            warnings.append(f"... and {count - MAX_ENTRY_WARNINGS} more prediction entries "
+                            f"skipped for the same reason ({reason}).")
     return entries
 
 
@@ -352,6 +370,12 @@ def parse_predictions(predictions, image_ids, warnings):
     if not isinstance(predictions, list):
         raise InputError("the predictions must be a JSON list of {image_id, "
                          "keypoint_annotations} objects")
+    if predictions and not any(issubclass(kind, dict) for kind in set(map(type, predictions))):
+        # Not a submission at all (another file, or people without their images): refuse it
+        # instead of scoring zero with a warning per entry. An empty list still scores 0.
+        raise InputError(f"the predictions are a list of {len(predictions)} entries and none "
+                         "is an {image_id, keypoint_annotations} object (entry 0 is of type "
+                         f"{type(predictions[0]).__name__})")
     image_index = {image_id: index for index, image_id in enumerate(image_ids)}
     rows, integer, owners, names, present, unknown = _collect_predictions(
         predictions, image_index, warnings)
@@ -543,16 +567,27 @@ def aic_map(predictions, references):
     }
 
 
+def _first_line(error):
+    """The first line of an exception's message, or its type's name when it has none."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def load_json_list(path, what):
-    """Load a JSON file that must hold a list; InputError (one line, naming it) otherwise."""
+    """Load a JSON file that must hold a list; InputError (one line, naming it) otherwise.
+
+    A UTF-8 byte-order mark, which some Windows editors write, is allowed.
+    """
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, "r", encoding="utf-8-sig") as handle:
             value = json.load(handle)
     except OSError as error:
         raise InputError(f"{path}: cannot read the {what} file ({error.strerror or error})")
-    except (ValueError, RecursionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{path}: the {what} file is not valid JSON ({reason})")
+    except ValueError as error:
+        if os.path.getsize(path) == 0:  # JSON's own "Expecting value" hides the real reason.
+            raise InputError(f"{path}: the {what} file is empty")
+        raise InputError(f"{path}: the {what} file is not valid JSON ({_first_line(error)})")
+    except RecursionError as error:
+        raise InputError(f"{path}: the {what} file is not valid JSON ({_first_line(error)})")
     if not isinstance(value, list):
         raise InputError(f"{path}: the {what} file must hold a JSON list, "
                          f"got {type(value).__name__}")

@@ -21,6 +21,13 @@ by a One-Euro filter (--temporal_smoothing false turns it off). The drawing show
 processing rate; <name>_pose.jsonl holds one JSON line per frame: {"frame", "time" (seconds),
 "people": [{"id", "keypoints": 14 x [x, y, score]}]}. --json entries are never smoothed, so
 they score as single images do.
+
+A file that cannot be used as an image (text, an empty or cut file, a picture too large for
+the settings) is skipped with one "skipped: FILE: reason" line on stderr, and the others are
+processed. Exit status: 0 when at least one image (or a video frame) was done; 1 when every
+image was skipped (then nothing is written, --json included); 2 for an error that stops the
+run before its results (a missing or broken checkpoint or input, a video without frames, an
+output that cannot be written), reported in one "demo.py: error:" line.
 """
 
 from __future__ import annotations
@@ -41,13 +48,20 @@ import parsing
 import runtimes
 import tracking
 import utils
-from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS
+from config import JOINT_COLORS, JOINT_NAMES, LIMB_COLORS, LIMBS, NUM_HEATMAPS, NUM_PAFS
 
 OUTPUT_SUFFIX = "_pose"
 MAPS_SUFFIX = "_maps_"
 DEFAULT_IMAGES_DIR = os.path.join("images", "samples")
 WINDOW_NAME = "demo.py (q or Esc to stop)"
 TRAIN_HINT = "train one with `python train.py --preset cpu` or pass --model PATH"
+# The most memory that fusing one image's maps may take. With --fusion_upsample 0 the maps are
+# fused at the image's full resolution, NUM_HEATMAPS + NUM_PAFS float32 values per pixel held
+# about FUSION_COPIES times over while the scales are resampled and the peaks found (measured
+# on a 2000 x 1500 image): an 8000 x 6000 photo would need some 24 GiB, and the system would
+# kill the run half-way through instead of skipping that one image.
+MAX_FUSION_BYTES = 8 << 30
+FUSION_COPIES = 3
 
 
 class DemoError(Exception):
@@ -94,12 +108,14 @@ def is_output_file(path):
 
 def collect_images(paths):
     """Image files named by `paths` (files, or folders scanned for image extensions), sorted
-    within each folder, without this script's own outputs. DemoError for a missing path."""
+    within each folder, without this script's own outputs. A folder's subfolders are not
+    scanned, whatever their names (photos.jpg/). DemoError for a missing path."""
     found = []
     for path in paths:
         if os.path.isdir(path):
             names = sorted(name for name in os.listdir(path)
-                           if name.lower().endswith(utils.IMAGE_EXTENSIONS))
+                           if name.lower().endswith(utils.IMAGE_EXTENSIONS)
+                           and not os.path.isdir(os.path.join(path, name)))
             found += [os.path.join(path, name) for name in names
                       if not is_output_file(name)]
         elif os.path.exists(path):
@@ -283,13 +299,31 @@ def draw_map_overlay(image_bgr, heatmaps, pafs, mapping, spec):
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-def _readable(paths, skipped):
+def check_fusion_memory(path, image, cfg):
+    """Raise utils.ImageError (reason "too_large") when fusing the maps of this image would
+    take more than MAX_FUSION_BYTES (only with a small --fusion_upsample and a huge image)."""
+    height, width = image.shape[:2]
+    rows, cols = inference.fusion_grid(height, width, cfg).shape
+    needed = FUSION_COPIES * rows * cols * (NUM_HEATMAPS + NUM_PAFS) * 4
+    if needed > MAX_FUSION_BYTES:
+        raise utils.ImageError(
+            f"{path}: {width}x{height} pixels would take about {needed / 2 ** 30:.0f} GiB of "
+            f"memory to fuse the maps at --fusion_upsample {cfg.fusion_upsample}; use "
+            "--fusion_upsample 2, or a smaller image", "too_large")
+
+
+def _readable(paths, skipped, cfg):
     """Yield (path, RGB image) of the readable paths; the others are reported and counted."""
+    from tqdm import tqdm
+
     for path in paths:
         try:
-            yield path, utils.read_image_rgb(path)
+            image = utils.read_image_rgb(path)
+            check_fusion_memory(path, image, cfg)
+            yield path, image
         except utils.ImageError as error:
-            print(f"skipped: {error}", file=sys.stderr)
+            # tqdm.write clears the progress bar first: the warning gets a line of its own.
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
             skipped.append(path)
 
 
@@ -313,7 +347,7 @@ def process_images(network, cfg, paths, args):
 
     entries, skipped = [], []
     # The key handed back with each estimate is (path, image), for drawing.
-    items = (((path, image), image) for path, image in _readable(paths, skipped))
+    items = (((path, image), image) for path, image in _readable(paths, skipped, cfg))
     stream = inference.estimate_poses_stream(network, items, cfg)
     with tqdm(total=len(paths), unit="image", desc="demo", disable=len(paths) < 2) as bar:
         for (path, image), estimate in stream:
@@ -328,14 +362,24 @@ def process_images(network, cfg, paths, args):
 # Video
 # --------------------------------------------------------------------------------------------
 def open_video(source):
-    """cv2.VideoCapture of a file or a camera index; DemoError if it cannot be opened."""
+    """cv2.VideoCapture of a file or a camera index; DemoError if it cannot be opened.
+
+    FFmpeg's own messages ("moov atom not found") are kept off the terminal: the first of them
+    becomes part of the one-line error instead.
+    """
     camera = source.isdigit()
-    capture = cv2.VideoCapture(int(source) if camera else source)
+    if not camera and os.path.isfile(source) and os.path.getsize(source) == 0:
+        raise DemoError(f"{source}: the video file is empty")
+    native = []
+    with utils.native_stderr_captured(native):
+        capture = cv2.VideoCapture(int(source) if camera else source)
     if not capture.isOpened():
         capture.release()
         what = f"camera {source}" if camera else source
+        said = native[0].decode("utf-8", "replace").strip().splitlines()
+        reason = f": {said[0].split('] ')[-1]}" if said else ""
         raise DemoError(f"{what}: cannot open this video (missing, unreadable or an unsupported "
-                        "format)")
+                        f"format{reason})")
     return capture
 
 
@@ -463,7 +507,8 @@ def _annotate_video(network, cfg, capture, writer_path, args, tracks_handle=None
              for frame in _frames(capture, args.max_frames))
     stream = inference.estimate_poses_stream(network, items, cfg, chunk_size=1 if live else None)
     try:
-        with tqdm(total=total, unit="frame", desc="video") as bar:
+        # The bar waits a second before it shows: a video without frames then shows none.
+        with tqdm(total=total, unit="frame", desc="video", delay=1.0) as bar:
             for frame, estimate in stream:
                 if writer is None:
                     writer = _open_writer(writer_path, frame, fps)
@@ -568,10 +613,14 @@ def run(args):
         entries, skipped = process_images(network, cfg, paths, args)
         where = args.output or "beside the inputs"
         print(f"{len(entries)} image(s) done, results {where}; {len(skipped)} skipped")
+        if skipped and not entries:  # An empty --json would replace a good one for nothing.
+            print(f"demo.py: error: none of the {len(skipped)} image(s) could be used; nothing "
+                  "written", file=sys.stderr)
+            return 1
     if args.json:
         utils.write_json_output(args.json, entries)
         print(f"wrote {args.json} ({len(entries)} entries)")
-    return 1 if skipped and not entries else 0
+    return 0
 
 
 def main(argv=None):

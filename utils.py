@@ -42,7 +42,8 @@ _NATIVE_STDERR_LOCK = threading.Lock()
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and says what it is.
 
-    reason: "missing", "empty", "not_an_image", "truncated", "damaged" or "unreadable".
+    reason: "missing", "empty", "not_an_image", "truncated", "damaged", "unreadable" or
+    "too_large" (demo.py: too many pixels for its settings).
     """
 
     def __init__(self, message, reason="unreadable"):
@@ -120,18 +121,62 @@ def _native_stderr_into(sink):
         os.close(saved)
 
 
+@contextlib.contextmanager
+def native_stderr_captured(found):
+    """Meanwhile, keep what C libraries (libjpeg, FFmpeg) write to file descriptor 2 off the
+    terminal; afterwards append it, as bytes, to the list `found`.
+
+    Their messages ("moov atom not found", "Corrupt JPEG data") would otherwise stand beside
+    the script's own one-line message; the caller decides what to make of them. File
+    descriptor 2 is process-wide, so one capture at a time may borrow it.
+    """
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            with _native_stderr_into(sink):
+                yield
+        finally:
+            sink.seek(0)
+            found.append(sink.read())
+
+
 def _decode_strict(data, flags, path):
     """cv2.imdecode that also raises ImageError when libjpeg reports damaged data."""
     import cv2
 
-    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        with _native_stderr_into(sink):
-            image = cv2.imdecode(data, flags)
-        sink.seek(0)
-        warnings = sink.read()
+    captured = []
+    with native_stderr_captured(captured):
+        image = cv2.imdecode(data, flags)
+    warnings = captured[0]
     if any(marker in warnings for marker in JPEG_DAMAGE_WARNINGS):
         first = warnings.decode("utf-8", "replace").strip().splitlines()[0]
         raise ImageError(f"{path}: damaged JPEG data ({first})", "damaged")
+    return image
+
+
+def to_bgr8(image, path):
+    """A decoded image (IMREAD_UNCHANGED) as the uint8 BGR (H, W, 3) the network expects.
+
+    16-bit and other integer images are scaled from their type's range to 0..255 (negative
+    values of signed types become 0); floating-point images, which OpenCV takes to span 0..1,
+    are clipped to it and scaled (NaN becomes 0). Grey becomes 3 equal channels and the alpha
+    channel is dropped. ImageError for other channel counts (a 2- or 5-channel TIFF, say).
+    """
+    import cv2
+
+    if image.dtype.kind == "f":
+        image = np.rint(np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0) * 255.0)
+        image = image.astype(np.uint8)
+    elif image.dtype != np.uint8:
+        top = np.iinfo(image.dtype).max
+        image = (np.clip(image, 0, top) / (top / 255.0)).astype(np.uint8)
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if channels != 3:
+        raise ImageError(f"{path}: an image of {channels} channels (only grey, colour and "
+                         "colour with alpha can be used)", "unreadable")
     return image
 
 
@@ -139,11 +184,11 @@ def decode_image(path, reduce_factor=1, strict=False):
     """Read an image file as uint8 BGR (H, W, 3), decoded at 1/reduce_factor size.
 
     The one decoder of the project. reduce_factor 1, 2, 4 or 8 uses libjpeg's DCT scaling
-    (JPEG only; other formats decode at full size whatever the factor). Grey and 4-channel
-    files become 3-channel; 16-bit files are scaled to 8 bits; EXIF orientation is ignored so
-    that the pixels are the annotated ones. strict also catches JPEGs whose data is damaged
-    though their end marker is intact (slower: libjpeg's warnings are captured). Raises
-    ImageError naming the file and saying what is wrong (see ImageError.reason).
+    (JPEG only; other formats decode at full size whatever the factor). Grey, 4-channel,
+    16-bit and floating-point files become 8-bit 3-channel (to_bgr8); EXIF orientation is
+    ignored so that the pixels are the annotated ones. strict also catches JPEGs whose data is
+    damaged though their end marker is intact (slower: libjpeg's warnings are captured).
+    Raises ImageError naming the file and saying what is wrong (see ImageError.reason).
     """
     import cv2
 
@@ -158,11 +203,7 @@ def decode_image(path, reduce_factor=1, strict=False):
         cv2.imdecode(data, flags | (cv2.IMREAD_IGNORE_ORIENTATION if reduce_factor > 1 else 0))
     if image is None or image.size == 0:
         raise ImageError(f"{path}: {kind} data that cannot be decoded", "unreadable")
-    if image.dtype != np.uint8:
-        image = (image / (np.iinfo(image.dtype).max / 255.0)).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) if image.shape[2] == 4 else image
+    return to_bgr8(image, path)
 
 
 def read_image_rgb(path, strict=False):

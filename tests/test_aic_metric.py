@@ -427,3 +427,29 @@ def test_the_metric_imports_and_runs_without_tensorflow():
                                capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["1.0", "[]"]
+
+
+# ------------------------------------------------------------------------------ huge junk
+def test_many_skipped_entries_are_summarised_after_the_first_hundred():
+    # A 50 MB file of "{}" would otherwise give 25 million warnings (gigabytes of --json).
+    limit = aic_metric.MAX_ENTRY_WARNINGS
+    predictions = [{}] * (limit + 150) + [7] * 3 + [prediction("a", {"p": ladder(10, 10)})]
+    references = [record("a", {"human1": (ladder(10, 10), [0, 0, 40, 90])})]
+    result = aic_metric.aic_map(predictions, references)
+    assert result["score"] == 1.0
+    warnings = result["warnings"]
+    assert len(warnings) == limit + 3 + 1
+    assert warnings[0] == "prediction entry 0 has no key 'image_id'; skipped."
+    assert warnings[limit - 1] == f"prediction entry {limit - 1} has no key 'image_id'; skipped."
+    assert warnings[limit] == f"prediction entry {limit + 150} is not an object; skipped."
+    assert warnings[-1] == ("... and 150 more prediction entries skipped for the same reason "
+                            "(no_image_id).")
+
+
+def test_a_list_without_any_entry_object_is_refused_and_an_empty_one_scores_zero():
+    references = [record("a", {"human1": (ladder(10, 10), [0, 0, 40, 90])})]
+    with pytest.raises(aic_metric.InputError, match=r"list of 2 entries and none is an "
+                                                    r"\{image_id, keypoint_annotations\} object"):
+        aic_metric.aic_map([ladder(10, 10), ladder(20, 20)], references)
+    result = aic_metric.aic_map([], references)
+    assert (result["score"], result["denominator"], result["missing_images"]) == (0.0, 1, 1)

@@ -247,3 +247,186 @@ def test_a_cut_video_is_annotated_as_far_as_it_goes_with_a_warning(checkpoint, t
     assert demo.main(["--model", checkpoint, "--video", str(cut), "--max-frames",
                       str(readable)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: every probe a user's mistake could make, kept as a test
+# --------------------------------------------------------------------------------------------
+def skipped_lines(stderr):
+    """The "skipped: ..." lines of stderr; splitlines also splits at the progress bar's \\r."""
+    return [line for line in stderr.splitlines() if line.startswith("skipped:")]
+
+
+def video_without_frames(path, kind):
+    """A video file without a frame: an empty file, a valid MJPG .avi or mp4v .mp4 container
+    that holds no frame, or an .mp4 cut before its index (a download that stopped early)."""
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "cut":
+        whole = path.with_name("whole.mp4")
+        writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 10, (48, 32))
+        for index in range(5):
+            writer.write(np.full((32, 48, 3), 40 * index, dtype=np.uint8))
+        writer.release()
+        path.write_bytes(whole.read_bytes()[:200])
+        whole.unlink()
+    else:
+        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
+        cv2.VideoWriter(str(path), fourcc, 10, (48, 32)).release()
+        assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, kind, message", [
+    ("clip.mp4", "empty", "the video file is empty"),
+    ("clip.avi", "no frames", "no frame could be read from this video"),
+    ("clip.mp4", "no frames", "cannot open this video (missing, unreadable or an unsupported "
+                              "format"),
+    ("clip.mp4", "cut", "cannot open this video (missing, unreadable or an unsupported "
+                        "format: moov atom not found)"),
+])
+def test_a_video_without_frames_is_one_line_and_writes_nothing(checkpoint, tmp_path, capfd,
+                                                               name, kind, message):
+    video_without_frames(tmp_path / name, kind)
+    capfd.readouterr()
+    status = demo.main(["--model", checkpoint, "--video", str(tmp_path / name)])
+    # capfd sees file descriptor 2 itself: FFmpeg's own messages and the progress bar too,
+    # and neither may stand beside the one line.
+    error = capfd.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert error.startswith(f"demo.py: error: {tmp_path / name}: {message}")
+    assert sorted(os.listdir(tmp_path)) == [name]  # no video, no tracks, no temporary file
+
+
+def junk_folder(folder):
+    """Good images among text, a fake JPEG, an empty PNG and two subfolders (one named like an
+    image). Returns the names of the good images."""
+    write_image(folder / "good1.jpg")
+    write_image(folder / "good2.png", 48, 40)
+    (folder / "notes.txt").write_text("not an image, and not named like one")
+    (folder / "README").write_text("x")
+    (folder / "fake.jpg").write_text("text with a .jpg name")
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "photos.jpg").mkdir()
+    (folder / "inner").mkdir()
+    write_image(folder / "inner" / "deep.jpg")
+    return ["good1", "good2"]
+
+
+def test_a_folder_of_mixed_junk_does_the_good_images_and_names_each_bad_one(checkpoint, tmp_path,
+                                                                              capsys):
+    good = junk_folder(tmp_path)
+    out = tmp_path / "out" / "predictions.json"
+    status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out)])
+    error = capsys.readouterr().err
+    assert status == 0
+    assert skipped_lines(error) == [
+        f"skipped: {tmp_path / 'fake.jpg'}: not an image: a text file",
+        f"skipped: {tmp_path / 'zero.png'}: image file is empty"]
+    assert "photos.jpg" not in error and "inner" not in error and "notes" not in error
+    assert [entry["image_id"] for entry in json.loads(out.read_text())] == good
+    assert (tmp_path / "good1_pose.jpg").is_file() and (tmp_path / "good2_pose.png").is_file()
+    assert os.listdir(tmp_path / "inner") == ["deep.jpg"]  # subfolders are not scanned
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_a_folder_where_every_image_is_bad_exits_1_and_keeps_the_old_json(checkpoint, tmp_path,
+                                                                          capsys):
+    (tmp_path / "fake.jpg").write_text("text")
+    (tmp_path / "zero.png").write_bytes(b"")
+    out = tmp_path / "predictions.json"
+    out.write_text("[\"an earlier run's results\"]\n")
+    status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out)])
+    error = capsys.readouterr().err
+    assert status == 1 and len(skipped_lines(error)) == 2
+    assert error.splitlines()[-1] == ("demo.py: error: none of the 2 image(s) could be used; "
+                                      "nothing written")
+    assert out.read_text() == "[\"an earlier run's results\"]\n"
+    assert sorted(os.listdir(tmp_path)) == ["fake.jpg", "predictions.json", "zero.png"]
+
+
+def unusual_images(folder):
+    """Constant images of unusual formats, and the RGB pixel each must decode to."""
+    cases = {
+        "grey.png": (np.full((40, 56), 100, np.uint8), (100, 100, 100)),
+        "rgba.png": (np.full((40, 56, 4), (10, 20, 30, 0), np.uint8), (30, 20, 10)),
+        "deep.png": (np.full((40, 56, 3), (257 * 10, 257 * 20, 257 * 30), np.uint16),
+                     (30, 20, 10)),
+        "deep_grey.png": (np.full((40, 56), 257 * 200, np.uint16), (200, 200, 200)),
+        "deep_rgba.png": (np.full((40, 56, 4), 65535, np.uint16), (255, 255, 255)),
+        "float.tif": (np.full((40, 56, 3), 0.5, np.float32), (128, 128, 128)),
+        "signed.tif": (np.full((40, 56), -5, np.int16), (0, 0, 0)),
+    }
+    for name, (pixels, _) in cases.items():
+        assert cv2.imwrite(str(folder / name), pixels), name
+    return {name: rgb for name, (_, rgb) in cases.items()}
+
+
+def test_grey_rgba_16_bit_and_float_images_become_8_bit_rgb(tmp_path):
+    for name, rgb in unusual_images(tmp_path).items():
+        image = demo.utils.read_image_rgb(str(tmp_path / name))
+        assert image.dtype == np.uint8 and image.shape == (40, 56, 3), name
+        assert tuple(image[0, 0]) == rgb, name
+    with pytest.raises(demo.utils.ImageError, match="x.tif: an image of 2 channels"):
+        demo.utils.to_bgr8(np.zeros((4, 5, 2), np.uint8), "x.tif")
+
+
+def test_grey_rgba_16_bit_and_float_images_give_people_and_drawings(checkpoint, tmp_path,
+                                                                    monkeypatch, capsys):
+    names = sorted(unusual_images(tmp_path))
+    monkeypatch.setattr(parsing, "parse_poses",
+                        lambda *args, **kwargs: (one_person(size=40), np.ones(1, np.float32)))
+    real_stream, seen = demo.inference.estimate_poses_stream, []
+
+    def checked(network, items, cfg, **kwargs):
+        for key, image in items:  # What the network gets: 8-bit 3-channel, whatever the file.
+            seen.append((image.dtype, image.shape[2]))
+            yield from real_stream(network, [(key, image)], cfg, **kwargs)
+    monkeypatch.setattr(demo.inference, "estimate_poses_stream", checked)
+    out = tmp_path / "predictions.json"
+    assert demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out)]) == 0
+    assert skipped_lines(capsys.readouterr().err) == []
+    assert seen == [(np.uint8, 3)] * len(names)
+    entries = json.loads(out.read_text())
+    assert [entry["image_id"] for entry in entries] == [os.path.splitext(n)[0] for n in names]
+    assert all(list(entry["keypoint_annotations"]) == ["human1"] for entry in entries)
+    for name in names:
+        stem, extension = os.path.splitext(name)
+        drawing = cv2.imread(str(tmp_path / f"{stem}_pose{extension}"), cv2.IMREAD_UNCHANGED)
+        assert drawing.shape == (40, 56, 3) and drawing.dtype == np.uint8, name
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory):
+    """An 8000 x 6000 JPEG (48 megapixels; a plain disc, so it encodes in a fraction of a
+    second and takes under 1 MB)."""
+    path = tmp_path_factory.mktemp("huge") / "huge.jpg"
+    image = np.zeros((6000, 8000, 3), np.uint8)
+    cv2.circle(image, (4000, 3000), 2000, (200, 100, 50), -1)
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def test_a_huge_image_is_resized_to_the_inference_height_and_drawn_full_size(
+        checkpoint, huge_jpeg, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "predictions.json"
+    status = demo.main(["--model", checkpoint, "--image", str(huge_jpeg), "--output",
+                        str(tmp_path), "--json", str(out)])
+    assert status == 0
+    assert [entry["image_id"] for entry in json.loads(out.read_text())] == ["huge"]
+    with Image.open(tmp_path / "huge_pose.jpg") as drawing:  # reads the header only
+        assert drawing.size == (8000, 6000)
+
+
+def test_a_huge_image_that_would_fuse_at_full_resolution_is_skipped(checkpoint, huge_jpeg,
+                                                                    tmp_path, capsys):
+    # --fusion_upsample 0 fuses the maps at the image's resolution: 48 megapixels x 45 maps
+    # would take some 24 GiB, so this image is skipped with a reason instead of a crash.
+    status = demo.main(["--model", checkpoint, "--image", str(huge_jpeg), "--output",
+                        str(tmp_path), "--fusion_upsample", "0"])
+    (line,) = skipped_lines(capsys.readouterr().err)
+    assert status == 1 and os.listdir(tmp_path) == []
+    assert line.startswith(f"skipped: {huge_jpeg}: 8000x6000 pixels would take about ")
+    assert line.endswith("GiB of memory to fuse the maps at --fusion_upsample 0; use "
+                         "--fusion_upsample 2, or a smaller image")

@@ -248,3 +248,88 @@ def test_batched_predictions_equal_the_one_at_a_time_path(tmp_path):
     assert batched == one
     assert batched_warnings == one_warnings == ["gone: no image file found; skipped (counts "
                                                 "as missing)."]
+
+
+# ------------------------------------------------------------------------------ bad submissions
+@pytest.mark.parametrize("reference, expected", [
+    # Every image missing: each adds its boxes to the denominator (4 people) and scores zeros,
+    # as the official evaluator does.
+    (REFERENCE_SMALL, {"score": 0.0, "missing_images": 3, "denominator": 4, "num_pred": 0}),
+    # Nothing on either side: score 0 (the official would divide 0 by 0).
+    (None, {"score": 0.0, "missing_images": 0, "denominator": 0, "num_pred": 0}),
+])
+def test_an_empty_submission_scores_zero(tmp_path, capsys, reference, expected):
+    (tmp_path / "empty.json").write_text("[]")
+    if reference is None:
+        reference = str(tmp_path / "empty.json")
+    status = evaluate.main(["--submit", str(tmp_path / "empty.json"), "--ref", reference,
+                            "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and {key: result[key] for key in expected} == expected
+    if expected["missing_images"]:
+        assert result["warnings"] == [f"img_{name} is not in the prediction JSON file."
+                                      for name in "abc"]
+    else:
+        assert result["warnings"] == ["nothing to score: no ground-truth or predicted people; "
+                                      "score 0."]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "the predictions file is empty"),
+    ("[" + ",".join(["1"] * 1000) + "]", "the predictions are a list of 1000 entries and none "
+     "is an {image_id, keypoint_annotations} object (entry 0 is of type int)"),
+    (json.dumps([ladder(10, 10)] * 3), "the predictions are a list of 3 entries and none is an "
+     "{image_id, keypoint_annotations} object (entry 0 is of type list)"),
+])
+def test_a_submission_that_is_no_submission_is_refused_in_one_line(tmp_path, capsys, content,
+                                                                   message):
+    path = tmp_path / "pred.json"
+    path.write_text(content)
+    status = evaluate.main(["--submit", str(path), "--ref", REFERENCE_SMALL])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.endswith(f"{message}\n")
+
+
+def test_a_submission_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    path = tmp_path / "pred.json"
+    with open(PREDICTIONS_SMALL, encoding="utf-8") as handle:
+        path.write_bytes(b"\xef\xbb\xbf" + handle.read().encode("utf-8"))
+    assert evaluate.main(["--submit", str(path), "--ref", REFERENCE_SMALL]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "Score: 0.60000000"
+
+
+def write_big_submission(path, images):
+    """A submission of `images` entries of 3 people with sub-pixel coordinates (about 830
+    bytes each), written from a text template: json.dumps would take longer than scoring."""
+    def person(x0, fraction):
+        return ", ".join(f"{x0 + 10 * (k % 2)}.{fraction}, {10 + 10 * (k // 2)}.{fraction}, 1"
+                         for k in range(14))
+    people = ", ".join(f'"human{n + 1}": [{person(10 + 100 * n, 25 + 25 * n)}]'
+                       for n in range(3))
+    entry = '{"image_id": "%08d", "keypoint_annotations": {' + people.replace("%", "%%") + "}}"
+    path.write_text("[" + ",\n".join(entry % index for index in range(images)) + "]")
+
+
+def test_a_50_mb_submission_is_scored_in_seconds(tmp_path, capsys):
+    import time
+
+    submission, reference = tmp_path / "pred.json", tmp_path / "ref.json"
+    write_big_submission(submission, 60_000)
+    assert submission.stat().st_size > 49_000_000
+    # The reference holds 2,000 of the images (one person each, near the prediction's first):
+    # the other 58,000 entries are read, checked and ignored. Scoring all 60,000 against a
+    # reference of the same size took about 6 s on a 2-core machine, 3.4 s of it JSON decoding.
+    reference.write_text(json.dumps([record(f"{index:08d}", {"human1": (ladder(10, 10),
+                                                                         [0, 0, 40, 90])})
+                                     for index in range(2000)]))
+    started = time.perf_counter()
+    status = evaluate.main(["--submit", str(submission), "--ref", str(reference), "--json"])
+    elapsed = time.perf_counter() - started
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert elapsed < 30  # about 3 s on a 2-core machine: a generous bound, not a benchmark
+    # Each image: its person found at every threshold, denominator max(1, 3) = 3.
+    assert result["score"] == pytest.approx(1 / 3) and result["num_pred"] == 6000
+    assert result["warnings"] == ["58000 predicted image(s) are not in the reference and were "
+                                  "ignored (first: 00002000)."]
