@@ -305,11 +305,15 @@ def fuse_scales(per_scale, grid, cfg, interpolation=cv2.INTER_CUBIC):
     """The mean of one image's ScaleMaps on `grid`: (heatmaps (rows, cols, NUM_HEATMAPS),
     pafs (rows, cols, NUM_PAFS)) float32, each scale resampled by `interpolation` (cubic, as
     the original's cv2.resize)."""
-    total = np.zeros(tuple(grid.shape) + (NUM_HEATMAPS + NUM_PAFS,), dtype=np.float32)
+    total = None
     for maps in per_scale:
         both = np.concatenate([maps.heatmaps, maps.pafs], axis=2)
-        total += resample(both, grid, maps.factors, cfg.stride, interpolation)
-    total /= len(per_scale)
+        resampled = resample(both, grid, maps.factors, cfg.stride, interpolation)
+        # The first scale's own array is the sum (no zeros to add to): the same floats, and
+        # a single scale, the real-time setting, costs no sum or division at all.
+        total = resampled if total is None else np.add(total, resampled, out=total)
+    if len(per_scale) > 1:
+        total /= len(per_scale)
     return (np.ascontiguousarray(total[:, :, :NUM_HEATMAPS]),
             np.ascontiguousarray(total[:, :, NUM_HEATMAPS:]))
 

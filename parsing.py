@@ -227,21 +227,27 @@ def _bilinear_pair(maps, points, channel):
     maps (rows, cols, C); points (K, S, 2) in grid coordinates; channel (K, 1) int. Points
     outside the grid take the border value. Returns two (K, S) arrays. Bilinear rather than
     nearest-cell sampling matters at grid resolution: the nearest cell of a point near a joint
-    often lies just beyond the limb's end, where the field is zero.
+    often lies just beyond the limb's end, where the field is zero. The four cells are read
+    by flat index (one take each), which is several times faster than 3-D fancy indexing.
     """
-    rows, cols, _ = maps.shape
+    rows, cols, channels = maps.shape
     x = np.clip(points[:, :, 0], 0.0, cols - 1.0)
     y = np.clip(points[:, :, 1], 0.0, rows - 1.0)
     left = np.minimum(x.astype(np.int64), max(cols - 2, 0))
     top = np.minimum(y.astype(np.int64), max(rows - 2, 0))
     right, bottom = np.minimum(left + 1, cols - 1), np.minimum(top + 1, rows - 1)
     weight_x, weight_y = x - left, y - top
+    keep_x, keep_y = 1 - weight_x, 1 - weight_y
+    flat = np.ascontiguousarray(maps).reshape(-1)
+    upper, lower = top * (cols * channels) + channel, bottom * (cols * channels) + channel
+    corners = (upper + left * channels, upper + right * channels,
+               lower + left * channels, lower + right * channels)
     samples = []
-    for component in (channel, channel + 1):
-        upper = maps[top, left, component] * (1 - weight_x) + maps[top, right, component] * weight_x
-        lower = (maps[bottom, left, component] * (1 - weight_x)
-                 + maps[bottom, right, component] * weight_x)
-        samples.append(upper * (1 - weight_y) + lower * weight_y)
+    for component in (0, 1):
+        upper_left, upper_right, lower_left, lower_right = (
+            flat.take(corner + component) for corner in corners)
+        samples.append((upper_left * keep_x + upper_right * weight_x) * keep_y
+                       + (lower_left * keep_x + lower_right * weight_x) * weight_y)
     return samples
 
 
@@ -376,6 +382,9 @@ def _limb_graph_paths():
 
 
 LIMB_HOPS, LIMB_BETWEEN = _limb_graph_paths()
+# The joints that must be missing from two fragments for them to be joined across joints j and
+# k: LIMB_BETWEEN[j, k] when j and k are >= 2 limbs apart, else every bit (never joined).
+LIMB_BLOCKED = np.where(LIMB_HOPS >= 2, LIMB_BETWEEN, -1)
 
 
 class _Assembly:
@@ -450,8 +459,9 @@ def _fragment_pairs(assembly, alive, max_ratio):
     have joined them); at least one of them must have a limb, which gives the scale. Their
     distance divided by (limbs apart x the pair's larger mean limb length) must be at most
     max_ratio. All (joint of a person with limbs) x (joint of another person) combinations
-    are tested at once. Returns [(ratio, first, second)], indices into assembly.members,
-    closest pair first, each pair once.
+    are tested at once on bit masks (LIMB_BLOCKED), distances only for those that qualify.
+    Returns [(ratio, first, second)], indices into assembly.members, closest pair first, each
+    pair once.
     """
     if len(alive) < 2:
         return []
@@ -463,20 +473,20 @@ def _fragment_pairs(assembly, alive, max_ratio):
     owner, joint = np.nonzero(rows >= 0)  # one entry per (person, joint) present
     xy = assembly.peaks.xy[rows[owner, joint]]
     anchored = np.nonzero(limbs[owner] > 0)[0]
-    first, second = owner[anchored][:, None], owner[None, :]
-    joint_a, joint_b = joint[anchored][:, None], joint[None, :]
-    union = masks[first] | masks[second]
-    valid = (((masks[first] & masks[second]) == 0) & (LIMB_HOPS[joint_a, joint_b] >= 2)
-             & ((LIMB_BETWEEN[joint_a, joint_b] & union) == 0)
-             & ((limbs[second] == 0) | (first < second)))  # each pair of people once
-    gap = xy[anchored][:, None, :] - xy[None, :, :]
-    scale = np.maximum(mean_length[first], mean_length[second]) * LIMB_HOPS[joint_a, joint_b]
+    first, joint_a = owner[anchored], joint[anchored]
+    mask_a, mask_b = masks[first][:, None], masks[owner][None, :]
+    blocked = (mask_a & mask_b) | (LIMB_BLOCKED[joint_a][:, joint] & (mask_a | mask_b))
+    hit_a, hit_b = np.nonzero((blocked == 0) & ((limbs[owner] == 0)[None, :]
+                                                | (first[:, None] < owner[None, :])))
+    gap = xy[anchored[hit_a]] - xy[hit_b]  # each pair of people once (above)
+    scale = (np.maximum(mean_length[first[hit_a]], mean_length[owner[hit_b]])
+             * LIMB_HOPS[joint_a[hit_a], joint[hit_b]])
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(valid, np.hypot(gap[..., 0], gap[..., 1]) / scale, np.inf)
-    hit_a, hit_b = np.nonzero(ratio <= max_ratio)
-    order = np.argsort(ratio[hit_a, hit_b], kind="stable")
-    pair_first, pair_second = owner[anchored][hit_a][order], owner[hit_b][order]
-    pair_ratio = ratio[hit_a, hit_b][order]
+        ratio = np.hypot(gap[:, 0], gap[:, 1]) / scale
+    close = ratio <= max_ratio
+    order = np.argsort(ratio[close], kind="stable")
+    pair_first, pair_second = first[hit_a[close]][order], owner[hit_b[close]][order]
+    pair_ratio = ratio[close][order]
     key = np.minimum(pair_first, pair_second) * len(alive) + np.maximum(pair_first, pair_second)
     _, unique = np.unique(key, return_index=True)  # the closest entry of each pair
     unique.sort()

@@ -20,6 +20,7 @@ OpenCV, SciPy).
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import logging
@@ -43,6 +44,8 @@ DEPLOY_REQUIREMENTS = "requirements-deploy.txt"
 # OpenVINO inference precisions (Config.openvino_precision): f32 always; bf16 where the CPU
 # computes bfloat16 (AVX512_BF16 or AMX), else f32; auto is bf16 where possible without a warning.
 OPENVINO_PRECISIONS = ("f32", "bf16", "auto")
+# Input shapes an OpenVINO runtime keeps a static compilation of (OpenVINORuntime).
+STATIC_SHAPES = 8
 LOGGER = logging.getLogger(__name__)
 
 
@@ -323,10 +326,13 @@ def read_openvino_model(core, path):
 class OpenVINORuntime(Runtime):
     """An OpenVINO IR (.xml and its .bin) on OpenVINO's CPU plugin (no TensorFlow).
 
-    The model is compiled once with a dynamic input (N, H, W, 3): OpenVINO's CPU plugin
-    adapts to each new shape itself. requested_precision: f32, bf16 or auto (as asked);
-    precision: what the compiled model computes in ("f32" or "bf16"), read back from OpenVINO,
-    which also says it in one log line.
+    The model is compiled once with a dynamic input (N, H, W, 3), which runs any shape, and
+    again with a static input for each shape seen a second time (the frames of a video, the
+    scales of same-sized images), up to STATIC_SHAPES of them, least recently used dropped:
+    OpenVINO's CPU kernels are faster on a static shape (docs/benchmarks.md), and a
+    compilation takes a fraction of a second, so a shape run once stays on the dynamic model.
+    requested_precision: f32, bf16 or auto (as asked); precision: what the compiled model
+    computes in ("f32" or "bf16"), read back from OpenVINO, which also says it in one log line.
     """
 
     name = "openvino"
@@ -338,29 +344,52 @@ class OpenVINORuntime(Runtime):
         core = ov.Core()
         self.threads, self.requested_precision = default_threads(threads), precision
         network = read_openvino_model(core, path)
-        properties = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_PRECISION_HINT": openvino_hint(precision, cpu_has_bf16(core),
-                                                                path)}
-        try:
-            network.reshape([-1, -1, -1, 3])
-            compiled = core.compile_model(network, "CPU", properties)
-        except RuntimeError as error:
-            raise RuntimeLoadError(f"{path}: OpenVINO cannot run this model "
-                                   f"({openvino_reason(error)})") from None
+        self.core, self.network = core, network
+        self.properties = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                           "INFERENCE_PRECISION_HINT": openvino_hint(
+                               precision, cpu_has_bf16(core), path)}
+        compiled, self.dynamic = self.compile((-1, -1, -1, 3))
         check_output_names(path, [name for output in compiled.outputs
                                   for name in output.get_names()])
-        self.outputs = [compiled.output(name) for name in OUTPUT_NAMES]
         # What the compiled model computes in: OpenVINO falls back to f32 by itself.
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        self.request = compiled.create_infer_request()
+        self.seen, self.static = set(), collections.OrderedDict()
         LOGGER.info("%s: OpenVINO runs in %s on %d threads (asked for %s)", path,
                     self.precision, self.threads, precision)
 
+    def compile(self, shape):
+        """(compiled model, (infer request, its outputs in OUTPUT_NAMES order)) of the
+        network with input `shape` (-1: any size)."""
+        try:
+            self.network.reshape(list(shape))
+            compiled = self.core.compile_model(self.network, "CPU", self.properties)
+        except RuntimeError as error:
+            raise RuntimeLoadError(f"{self.path}: OpenVINO cannot run this model "
+                                   f"({openvino_reason(error)})") from None
+        names = {name for output in compiled.outputs for name in output.get_names()}
+        outputs = [compiled.output(name) for name in OUTPUT_NAMES if name in names]
+        return compiled, (compiled.create_infer_request(), outputs)
+
+    def request_for(self, shape):
+        """The infer request to run a batch of `shape` with: a static model's once the shape
+        has been seen before, else the dynamic one's."""
+        if shape in self.static:
+            self.static.move_to_end(shape)
+            return self.static[shape]
+        if shape not in self.seen:
+            self.seen.add(shape)
+            return self.dynamic
+        self.static[shape] = self.compile(shape)[1]
+        if len(self.static) > STATIC_SHAPES:
+            self.static.popitem(last=False)
+        return self.static[shape]
+
     def run(self, batch):
-        self.request.infer({0: batch})
+        request, outputs = self.request_for(tuple(batch.shape))
+        request.infer({0: batch})
         # Copies: the request reuses its output buffers on the next call.
-        return tuple(np.array(self.request.get_tensor(output).data, np.float32)
-                     for output in self.outputs)
+        return tuple(np.array(request.get_tensor(output).data, np.float32)
+                     for output in outputs)
 
 
 EXPORTED_RUNTIMES = {"saved_model": SavedModelRuntime, "onnx": OnnxRuntime,

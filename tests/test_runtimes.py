@@ -177,6 +177,27 @@ def test_openvino_runs_any_input_shape_as_onnx_runtime_does(tiny_exports, tiny_o
             assert np.abs(got - want).max() <= 1e-4
 
 
+def test_openvino_compiles_a_static_shape_once_seen_twice_and_keeps_a_few(tiny_exports,
+                                                                         tiny_openvino,
+                                                                         monkeypatch):
+    monkeypatch.setattr(runtimes, "STATIC_SHAPES", 2)
+    network, _ = runtimes.load(tiny_openvino, threads=1)
+    reference, _ = runtimes.load(tiny_exports["onnx"])
+    rng = np.random.default_rng(2)
+    shapes = [(1, 32, 48, 3), (1, 32, 48, 3), (1, 32, 48, 3), (1, 16, 16, 3), (1, 16, 16, 3),
+              (1, 24, 64, 3), (1, 24, 64, 3)]
+    static_counts = []
+    for shape in shapes:
+        batch = rng.uniform(0, 255, shape).astype(np.float32)
+        for got, want in zip(network.run(batch), reference.run(batch)):
+            assert np.abs(got - want).max() <= 1e-4  # the static model gives the same maps
+        static_counts.append(len(network.static))
+    # The first sighting runs on the dynamic model, the second compiles a static one; with
+    # room for two, the least recently used (32x48) is dropped for 24x64.
+    assert static_counts == [0, 1, 1, 1, 2, 2, 2]
+    assert list(network.static) == [(1, 16, 16, 3), (1, 24, 64, 3)]
+
+
 def test_openvino_precision_option_says_which_precision_ran(tiny_openvino, monkeypatch,
                                                              caplog):
     import openvino

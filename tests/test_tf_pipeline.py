@@ -8,7 +8,12 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import re
+import subprocess
+import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -25,6 +30,7 @@ from test_data_generator import (batches, bright_centroid, cell_pixel, dot_image
                                  hostile_keypoints, people, standing_person, tiny_cfg,
                                  write_dataset)
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 J = config.NUM_JOINTS
 SHARED_ANNOTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "..", "shared", "data", "aic_keypoint_annotations_sample.json")
@@ -480,3 +486,37 @@ def test_tf_data_service_serves_the_training_batches(tmp_path):
         assert targets["heatmaps"][..., :J].max() > 0.5 and np.isfinite(targets["pafs"]).all()
     assert not np.array_equal(drawn[0][0], drawn[1][0])
     del worker, dispatcher
+
+
+def test_training_batches_keep_coming_when_a_service_worker_is_killed(tmp_path):
+    """Two workers, one of them data_service.py in a process of its own, SIGKILLed mid-run:
+    the dispatcher's dynamic sharding carries on with the other (the killed worker's splits
+    are lost, as docs/training.md says), without a stall or an error."""
+    dispatcher = data_service.start_server("dispatcher", 0)
+    address = dispatcher.target.split("://")[1]
+    local = data_service.start_server("worker", 0, address, host="localhost")
+    child = subprocess.Popen([sys.executable, str(ROOT / "data_service.py"), "worker",
+                              "--dispatcher", address, "--host", "localhost"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while dispatcher._num_workers() < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dispatcher._num_workers() == 2, "the worker process never registered"
+        cfg = dataclasses.replace(write_dataset(tmp_path, good_entries(6)),
+                                  data_service_address=dispatcher.target)
+        elements = iter(dataset.make_dataset(cfg, "train", True))
+        before = [next(elements)[0].numpy() for _ in range(10)]
+        child.kill()
+        child.wait(timeout=30)
+        drawn = []
+        reader = threading.Thread(target=lambda: drawn.extend(
+            next(elements)[0].numpy() for _ in range(100)), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert len(drawn) == 100, f"only {len(drawn)} batches after the kill"
+        assert all(images.shape == before[0].shape for images in drawn)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    del local, dispatcher
