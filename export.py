@@ -64,9 +64,13 @@ CALIBRATION_LIMIT = 300
 # On 100 synthetic validation images the quick-start model's largest differences were 2.3e-6
 # (float32), 7.9e-3 (float16) and 0.11 (int8), its mean differences 1e-8, 1.2e-5 and 3.7e-4;
 # the quantised tolerances are about three times those largest differences.
-# bfloat16 (OpenVINO's bf16 precision, 8 significant bits against float16's 11) was not measured:
-# the reference machine's CPU has no bfloat16; its bound is int8's until it is.
+# bfloat16 (OpenVINO's bf16 precision, 8 significant bits against float16's 11) is held to
+# int8's bound: the light quick-start model's largest bf16 differences were 0.025 (heatmaps)
+# and 0.045 (PAFs) on 200 synthetic validation images. PAF components span -1..1, twice the
+# heatmaps' 0..1, so their bound is PAF_TOLERANCE_FACTOR times the heatmaps' (OpenVINO int8
+# of that light model: 0.27 and 0.45, its mAP within 0.002 of Keras; docs/deployment.md).
 PARITY_TOLERANCE = {"float32": 1e-4, "float16": 0.03, "int8": 0.3, "bfloat16": 0.3}
+PAF_TOLERANCE_FACTOR = 2.0
 DEFAULT_SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images", "samples")
 LOGGER = logging.getLogger("export")
 
@@ -189,15 +193,32 @@ def save_openvino(ov, model, path):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def residual_adds(model):
+    """Friendly names of the ov.Model's Add operations whose two inputs are both computed
+    (residual connections), as opposed to the Adds of a bias or a constant shift."""
+    return [operation.get_friendly_name() for operation in model.get_ordered_ops()
+            if operation.get_type_name() == "Add"
+            and all(operation.input_value(index).get_node().get_type_name() != "Constant"
+                    for index in range(operation.get_input_size()))]
+
+
 def quantize_openvino(model, calibration):
     """NNCF's static int8 post-training quantisation of an ov.Model, its activation ranges
-    measured on `calibration` (list of uint8 network inputs (1, H, W, 3))."""
+    measured on `calibration` (list of uint8 network inputs (1, H, W, 3)).
+
+    Residual Adds stay in float: one int8 scale for the sum of two branches of different
+    ranges cost the light network most of its int8 error (mean map difference 5.6x larger on
+    the quick-start light model, docs/deployment.md) for 13 % of its int8 speed. The paper
+    and cpu networks have none.
+    """
     nncf = runtimes.import_package("nncf", "nncf", "OpenVINO int8 quantisation",
                                    "requirements.txt")
     dataset = nncf.Dataset(calibration, lambda item: {runtimes.INPUT_NAME:
                                                       item.astype(np.float32)})
+    kept_float = residual_adds(model)
+    ignored = nncf.IgnoredScope(names=kept_float) if kept_float else None
     return nncf.quantize(model, dataset, subset_size=len(calibration),
-                         target_device=nncf.TargetDevice.CPU)
+                         target_device=nncf.TargetDevice.CPU, ignored_scope=ignored)
 
 
 def write_openvino(network, targets, saved_model=None, calibration=None):
@@ -376,10 +397,10 @@ def parity(reference, artefact, images, cfg, quantization, truth=None, precision
     # Two models that both find nobody agree completely (the metric itself would say 0).
     nobody = agreement["num_gt"] == agreement["num_pred"] == 0
     result = {"max_abs_heatmaps": heatmaps, "max_abs_pafs": pafs, "mean_abs": mean,
-              "tolerance": tolerance,
+              "tolerance": tolerance, "tolerance_pafs": PAF_TOLERANCE_FACTOR * tolerance,
               "people_keras": agreement["num_gt"], "people_artefact": agreement["num_pred"],
               "agreement_map": 1.0 if nobody else agreement["score"],
-              "passed": max(heatmaps, pafs) <= tolerance}
+              "passed": heatmaps <= tolerance and pafs <= PAF_TOLERANCE_FACTOR * tolerance}
     if truth is not None:
         keras_map = aic_map(reference[1], truth)["score"]
         artefact_map = aic_map(entries, truth)["score"]
@@ -573,7 +594,8 @@ def describe(path, quantization, result, precision=None):
         return line + ": not checked"
     verdict = "ok" if result["passed"] else "FAILED"
     line += (f": max |difference| heatmaps {result['max_abs_heatmaps']:.2e}, pafs "
-             f"{result['max_abs_pafs']:.2e} (tolerance {result['tolerance']:g}) {verdict}, "
+             f"{result['max_abs_pafs']:.2e} (tolerance {result['tolerance']:g} and "
+             f"{result['tolerance_pafs']:g}) {verdict}, "
              f"mean {result['mean_abs']:.1e}; "
              f"people {result['people_artefact']} vs Keras {result['people_keras']}, "
              f"agreement mAP {result['agreement_map']:.4f}")

@@ -13,6 +13,10 @@ import pytest
 from tests.conftest import ROOT
 
 
+# One xdist worker runs them all, so the module's quick start (five subprocesses) runs once.
+pytestmark = pytest.mark.xdist_group("quickstart")
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("quickstart")

@@ -38,6 +38,10 @@ SEPARATORS = {";", "&&", "||", "|", "&"}
 ENVIRONMENT_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+# One xdist worker runs them all, so every script's --help runs once (the module's fixture).
+pytestmark = pytest.mark.xdist_group("readme")
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands in markdown
 
