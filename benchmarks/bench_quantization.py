@@ -24,6 +24,7 @@ line is JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -72,13 +73,16 @@ def write_onnx_int8(onnx_path, path, calibration):
                                           quantize_static)
 
     prepared = path + ".pre.onnx"
-    try:  # shape inference and graph clean-up first
-        quant_pre_process(onnx_path, prepared)
-    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises a bare Exception here
-        # The light network's dilated convolutions defeat its symbolic shape inference
-        # ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
-        print(f"  note: {error}; pre-processing without symbolic shapes", flush=True)
-        quant_pre_process(onnx_path, prepared, skip_symbolic_shape=True)
+    # In the output's (temporary) folder: when its symbolic shape inference fails, ONNX Runtime
+    # dumps the half-inferred model and its weights into the working directory.
+    with contextlib.chdir(os.path.dirname(os.path.abspath(path))):
+        try:  # shape inference and graph clean-up first
+            quant_pre_process(onnx_path, prepared)
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises a bare Exception here
+            # The light network's dilated convolutions defeat its symbolic shape inference
+            # ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
+            print(f"  note: {error}; pre-processing without symbolic shapes", flush=True)
+            quant_pre_process(onnx_path, prepared, skip_symbolic_shape=True)
     quantize_static(prepared, path, CalibrationReader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
