@@ -67,11 +67,9 @@ import threading
 import time
 import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402 - puts the repository on sys.path
 import numpy as np  # noqa: E402
 
 PRESETS = ("paper", "cpu", "light")
@@ -94,8 +92,6 @@ FRAMES, WARMUP = "100,paper=10", "5,paper=2"
 VIDEO_FPS = 25.0
 TINY = 1e-30  # oracle map values below this are set to 0 (FramePlan.oracle_maps)
 HEIGHT = 0.55  # synthetic people's height, a fraction of the video's
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMEXPR_NUM_THREADS")
 # Issue 21's end-to-end targets, OpenVINO on 2 threads: (what, preset, precision, size, frames/s).
 TARGETS = (("light OpenVINO int8 368x368 2 threads, frames/s", "light", "int8", (368, 368), 100),
            ("light OpenVINO int8 368x656 2 threads, frames/s", "light", "int8", (368, 656), 60),
@@ -756,7 +752,7 @@ def run_worker(args, threads, models, video_paths, folder):
     spec_path = os.path.join(folder, f"spec_{threads}.json")
     with open(spec_path, "w", encoding="utf-8") as handle:
         json.dump(spec, handle)
-    environment = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    environment = dict(os.environ, **{name: str(threads) for name in common.THREAD_VARIABLES})
     subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", spec_path],
                    env=environment, check=True)
     with open(spec["out"], encoding="utf-8") as handle:

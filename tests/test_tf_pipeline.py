@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -26,11 +25,11 @@ import data_service
 import dataset
 import tf_pipeline as tp
 import utils
+from conftest import ROOT
 from test_data_generator import (batches, bright_centroid, cell_pixel, dot_image, good_entries,
                                  hostile_keypoints, people, standing_person, tiny_cfg,
                                  write_dataset)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 J = config.NUM_JOINTS
 SHARED_ANNOTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "..", "shared", "data", "aic_keypoint_annotations_sample.json")
@@ -495,7 +494,7 @@ def test_training_batches_keep_coming_when_a_service_worker_is_killed(tmp_path):
     dispatcher = data_service.start_server("dispatcher", 0)
     address = dispatcher.target.split("://")[1]
     local = data_service.start_server("worker", 0, address, host="localhost")
-    child = subprocess.Popen([sys.executable, str(ROOT / "data_service.py"), "worker",
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "data_service.py"), "worker",
                               "--dispatcher", address, "--host", "localhost"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
