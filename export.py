@@ -207,9 +207,9 @@ def quantize_openvino(model, calibration):
     measured on `calibration` (list of uint8 network inputs (1, H, W, 3)).
 
     Residual Adds stay in float: one int8 scale for the sum of two branches of different
-    ranges cost the light network most of its int8 error (mean map difference 5.6x larger on
-    the quick-start light model, docs/deployment.md) for 13 % of its int8 speed. The paper
-    and cpu networks have none.
+    ranges cost the light network a third of its people agreement with float32 (0.965 to
+    0.654) and 0.02 mAP, for a network of 8.0 ms instead of 10.7 at 368x368
+    (docs/deployment.md). The paper and cpu networks have none.
     """
     nncf = runtimes.import_package("nncf", "nncf", "OpenVINO int8 quantisation",
                                    "requirements.txt")
