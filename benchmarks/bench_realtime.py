@@ -443,30 +443,23 @@ class Timing:
         self.seconds = dict.fromkeys(STAGES + ("wait",), 0.0)
         self.frames, self.people, self.started = 0, 0, time.perf_counter()
 
-    def add(self, **seconds):
+    def add(self, people, **seconds):
+        """Count one frame, its people and the seconds of its stages."""
+        self.frames, self.people = self.frames + 1, self.people + len(people)
         for stage, value in seconds.items():
             self.seconds[stage] += value
 
 
-def backend(runtime, plan, oracle):
-    """fn(position, batch) -> ((heatmaps, pafs), estimate): network, then parse of its maps
-    or of the truth's; with the seconds of each."""
-    def run(position, batch):
-        started = time.perf_counter()
-        maps = runtime.run(batch)
-        network = time.perf_counter()
-        estimate = plan.parse(*(oracle[position] if oracle is not None else maps))
-        return estimate, network - started, time.perf_counter() - network
-
-    return run
+def to_parse(oracle, position, maps):
+    """The maps parsed for the frame at `position`: the truth's (oracle) or the network's."""
+    return oracle[position] if oracle is not None else maps
 
 
 def run_sequential(runtime, plan, video, oracle, budget):
     """Timing of frames read, resized, run, parsed and tracked one after another."""
     import tracking
 
-    reader, tracker, network = FrameReader(video), tracking.Tracker(plan.cfg), backend(
-        runtime, plan, oracle)
+    reader, tracker = FrameReader(video), tracking.Tracker(plan.cfg)
     warmup, frames, seconds, least = budget
     timing = Timing()
     for index in range(warmup + frames):
@@ -477,13 +470,15 @@ def run_sequential(runtime, plan, video, oracle, budget):
         decoded = time.perf_counter()
         batch = plan.prepare(frame)
         resized = time.perf_counter()
-        estimate, network_seconds, parse_seconds = network(position, batch)
+        maps = runtime.run(batch)
+        ran = time.perf_counter()
+        estimate = plan.parse(*to_parse(oracle, position, maps))
         parsed = time.perf_counter()
         tracker.update(estimate.people, index / VIDEO_FPS)
-        timing.add(decode=decoded - started, resize=resized - decoded, network=network_seconds,
-                   parse=parse_seconds, track=time.perf_counter() - parsed)
-        timing.frames += index >= warmup
-        timing.people += len(estimate.people) if index >= warmup else 0
+        # The warm-up frames count into a Timing that is replaced at index == warmup.
+        timing.add(estimate.people, decode=decoded - started, resize=resized - decoded,
+                   network=ran - resized, parse=parsed - ran,
+                   track=time.perf_counter() - parsed)
         if index >= warmup and finished(timing, seconds, least):
             break
     reader.close()
@@ -572,14 +567,12 @@ def run_pipelined(runtime, plan, video, oracle, budget, depth):
             position, maps, decode_seconds, resize_seconds, network_seconds = outputs.get(
                 timeout=600)
             got = time.perf_counter()
-            estimate = plan.parse(*(oracle[position] if oracle is not None else maps))
+            estimate = plan.parse(*to_parse(oracle, position, maps))
             parsed = time.perf_counter()
             tracker.update(estimate.people, index / VIDEO_FPS)
-            timing.add(decode=decode_seconds, resize=resize_seconds, wait=got - started,
-                       network=network_seconds, parse=parsed - got,
+            timing.add(estimate.people, decode=decode_seconds, resize=resize_seconds,
+                       wait=got - started, network=network_seconds, parse=parsed - got,
                        track=time.perf_counter() - parsed)
-            timing.frames += index >= warmup
-            timing.people += len(estimate.people) if index >= warmup else 0
             if index >= warmup and finished(timing, seconds, least):
                 break
         return timing, time.perf_counter() - timing.started
