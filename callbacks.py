@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import utils  # noqa: E402
 from checkpoints import (_all_finite, check_free_space, read_run_state, save_checkpoint,
                          save_network)
-from trainer import any_worker
+from trainer import largest_over_workers
 from config import NUM_JOINTS
 
 LOGGER = logging.getLogger("train")
@@ -115,19 +115,43 @@ class NanGuard(keras.callbacks.Callback):
         saved = read_run_state(self.model_dir) if os.path.isdir(self.model_dir) else None
         return saved.step if saved else "none yet"
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stops every worker together once max_train_minutes have passed (0: no limit)."""
+def anneal_factor(elapsed_fraction, anneal_fraction):
+    """The learning-rate factor at `elapsed_fraction` (0..1) of a time budget: 1 until the last
+    `anneal_fraction` of it, then linearly down to 0 at its end (anneal_fraction 0: always 1).
 
-    def __init__(self, state, minutes, strategy):
+    A run stopped by a time budget otherwise ends at full learning rate, where Adam's steps
+    still bounce around the minimum; spending the end of the budget at a falling rate settles
+    it (docs/training.md, Time budgets).
+    """
+    if anneal_fraction <= 0.0:
+        return 1.0
+    remaining = 1.0 - float(elapsed_fraction)
+    return float(min(1.0, max(0.0, remaining / anneal_fraction)))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops every worker together once max_train_minutes have passed (0: no limit), and over the
+    budget's last lr_anneal_fraction lowers the learning rate linearly to zero (anneal_factor).
+
+    The budget is this invocation's: a --resume gets max_train_minutes more, and its anneal
+    starts from full learning rate again. Workers use the largest of their elapsed times, so
+    they agree both on stopping and on the learning rate.
+    """
+
+    def __init__(self, state, minutes, strategy, schedule=None, anneal_fraction=0.0):
         super().__init__()
         self.state, self.minutes, self.strategy = state, minutes, strategy
+        self.schedule, self.anneal_fraction = schedule, float(anneal_fraction)
         self.started = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.minutes <= 0:
             return
-        over = time.monotonic() - self.started > self.minutes * 60.0
-        if any_worker(self.strategy, over):
+        elapsed = largest_over_workers(self.strategy, time.monotonic() - self.started)
+        fraction = elapsed / (self.minutes * 60.0)
+        if self.schedule is not None and self.anneal_fraction > 0.0:
+            self.schedule.anneal.assign(anneal_factor(fraction, self.anneal_fraction))
+        if fraction > 1.0:
             self.state.stop_reason = self.state.stop_reason or "time"
             self.model.stop_training = True
 
@@ -229,7 +253,8 @@ def make_callbacks(run, monitor, samples):
     cfg, state = run.cfg, run.state
     callbacks = [
         NanGuard(state, run.write_model_dir),
-        TimeBudget(state, cfg.max_train_minutes, run.strategy),
+        TimeBudget(state, cfg.max_train_minutes, run.strategy, run.schedule,
+                   cfg.lr_anneal_fraction),
         Checkpointer(cfg, state, run.write_model_dir, run.schedule, run.steps_per_epoch,
                      monitor),
         LearningRateLogger(),

@@ -249,6 +249,9 @@ class Config:
     validation_steps: int = training(0)  # 0: one pass over the validation records.
     # Stop training after this wall time; 0 means no limit.
     max_train_minutes: float = training(0.0)
+    # Of that time budget, the last fraction over which the learning rate falls linearly to
+    # zero (0: off, the paper's step schedule alone). See callbacks.anneal_factor.
+    lr_anneal_fraction: float = training(0.0)
     # Epochs without improvement before stopping; 0 is off.
     early_stopping_patience: int = training(0)
     reduce_lr_patience: int = training(0)  # Epochs without improvement before lr/3; 0 is off.

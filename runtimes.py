@@ -25,7 +25,9 @@ import importlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import zipfile
 
 import numpy as np
@@ -333,19 +335,27 @@ class OpenVINORuntime(Runtime):
     compilation takes a fraction of a second, so a shape run once stays on the dynamic model.
     requested_precision: f32, bf16 or auto (as asked); precision: what the compiled model
     computes in ("f32" or "bf16"), read back from OpenVINO, which also says it in one log line.
+
+    streams: how many batches may run at once, from as many threads (OpenVINO's CPU streams;
+    the threads are split between them). 1 is latency mode: one batch on every thread. More
+    streams pay where one small batch cannot keep the threads busy and the caller has frames
+    to overlap (a video pipeline: docs/deployment.md); run is thread-safe either way.
     """
 
     name = "openvino"
 
-    def __init__(self, path, threads=0, precision="f32"):
+    def __init__(self, path, threads=0, precision="f32", streams=1):
         super().__init__(path, threads)
         check_openvino_precision(precision)
         ov = import_package("openvino", "openvino", "running an OpenVINO .xml model")
         core = ov.Core()
         self.threads, self.requested_precision = default_threads(threads), precision
+        self.streams = check_streams(streams, self.threads)
         network = read_openvino_model(core, path)
-        self.core, self.network = core, network
-        self.properties = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+        self.core, self.network, self.lock = core, network, threading.Lock()
+        self.properties = {"INFERENCE_NUM_THREADS": self.threads,
+                           "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
+                           "NUM_STREAMS": self.streams,
                            "INFERENCE_PRECISION_HINT": openvino_hint(
                                precision, cpu_has_bf16(core), path)}
         compiled, self.dynamic = self.compile((-1, -1, -1, 3))
@@ -354,12 +364,12 @@ class OpenVINORuntime(Runtime):
         # What the compiled model computes in: OpenVINO falls back to f32 by itself.
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.seen, self.static = set(), collections.OrderedDict()
-        LOGGER.info("%s: OpenVINO runs in %s on %d threads (asked for %s)", path,
-                    self.precision, self.threads, precision)
+        LOGGER.info("%s: OpenVINO runs in %s on %d threads, %d stream(s) (asked for %s)", path,
+                    self.precision, self.threads, self.streams, precision)
 
     def compile(self, shape):
-        """(compiled model, (infer request, its outputs in OUTPUT_NAMES order)) of the
-        network with input `shape` (-1: any size)."""
+        """(compiled model, (queue of `streams` infer requests, outputs in OUTPUT_NAMES
+        order)) of the network with input `shape` (-1: any size)."""
         try:
             self.network.reshape(list(shape))
             compiled = self.core.compile_model(self.network, "CPU", self.properties)
@@ -368,28 +378,45 @@ class OpenVINORuntime(Runtime):
                                    f"({openvino_reason(error)})") from None
         names = {name for output in compiled.outputs for name in output.get_names()}
         outputs = [compiled.output(name) for name in OUTPUT_NAMES if name in names]
-        return compiled, (compiled.create_infer_request(), outputs)
+        requests = queue.Queue()
+        for _ in range(self.streams):
+            requests.put(compiled.create_infer_request())
+        return compiled, (requests, outputs)
 
     def request_for(self, shape):
-        """The infer request to run a batch of `shape` with: a static model's once the shape
-        has been seen before, else the dynamic one's."""
-        if shape in self.static:
-            self.static.move_to_end(shape)
+        """The (requests, outputs) to run a batch of `shape` with: a static model's once the
+        shape has been seen before, else the dynamic one's."""
+        with self.lock:
+            if shape in self.static:
+                self.static.move_to_end(shape)
+                return self.static[shape]
+            if shape not in self.seen:
+                self.seen.add(shape)
+                return self.dynamic
+            self.static[shape] = self.compile(shape)[1]
+            if len(self.static) > STATIC_SHAPES:
+                self.static.popitem(last=False)
             return self.static[shape]
-        if shape not in self.seen:
-            self.seen.add(shape)
-            return self.dynamic
-        self.static[shape] = self.compile(shape)[1]
-        if len(self.static) > STATIC_SHAPES:
-            self.static.popitem(last=False)
-        return self.static[shape]
 
     def run(self, batch):
-        request, outputs = self.request_for(tuple(batch.shape))
-        request.infer({0: batch})
-        # Copies: the request reuses its output buffers on the next call.
-        return tuple(np.array(request.get_tensor(output).data, np.float32)
-                     for output in outputs)
+        requests, outputs = self.request_for(tuple(batch.shape))
+        request = requests.get()  # Waits while every stream is busy.
+        try:
+            request.infer({0: batch})
+            # Copies: the request reuses its output buffers on the next call.
+            return tuple(np.array(request.get_tensor(output).data, np.float32)
+                         for output in outputs)
+        finally:
+            requests.put(request)
+
+
+def check_streams(streams, threads):
+    """`streams` as an int from 1 to `threads` (each stream needs a thread), else ValueError."""
+    streams = int(streams)
+    if not 1 <= streams <= max(threads, 1):
+        raise RuntimeLoadError(f"runtime_streams must be from 1 to the {threads} runtime "
+                               f"thread(s), got {streams}")
+    return streams
 
 
 EXPORTED_RUNTIMES = {"saved_model": SavedModelRuntime, "onnx": OnnxRuntime,
@@ -422,14 +449,15 @@ def load_keras(path, threads=0):
     return KerasRuntime(network, path, threads), cfg
 
 
-def load(path, threads=0, precision=None):
+def load(path, threads=0, precision=None, streams=1):
     """(Runtime, Config) of any model path: a .keras checkpoint or run folder (config.json
     beside it), or an exported SavedModel folder, .onnx, .tflite or OpenVINO .xml file
     (sidecar beside it).
 
     threads: CPU threads (0: every core; TensorFlow's only change before it starts).
     precision: OpenVINO's inference precision, f32 | bf16 | auto (None: the sidecar config's
-    openvino_precision); other runtimes ignore it. Raises RuntimeLoadError
+    openvino_precision); other runtimes ignore it. streams: batches OpenVINO may run at once
+    (OpenVINORuntime); other runtimes run one at a time. Raises RuntimeLoadError
     (MissingPackageError when the runtime's package is not installed) with a one-line
     message, and when the outputs do not have config.py's channel counts.
     """
@@ -442,7 +470,7 @@ def load(path, threads=0, precision=None):
         runtime, cfg = load_keras(path, threads)
     elif kind == "openvino":
         _, cfg = read_sidecar(path)
-        runtime = OpenVINORuntime(path, threads, precision or cfg.openvino_precision)
+        runtime = OpenVINORuntime(path, threads, precision or cfg.openvino_precision, streams)
     else:
         _, cfg = read_sidecar(path)
         runtime = EXPORTED_RUNTIMES[kind](path, threads)

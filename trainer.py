@@ -162,15 +162,22 @@ def learning_rate_factor(variable, cfg):
 # Optimiser and schedule
 # ---------------------------------------------------------------------------------------------
 class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """lr = initial * rate ** floor(step / decay_steps) * factor (factor: plateau cuts)."""
+    """lr = initial * rate ** floor(step / decay_steps) * factor * anneal.
+
+    factor holds the plateau cuts (callbacks.Checkpointer); anneal the linear fall to zero over
+    the end of a time budget (callbacks.TimeBudget, lr_anneal_fraction). Both are variables so
+    that the compiled training step reads their current values.
+    """
 
     def __init__(self, initial, decay_steps, rate):
         self.initial, self.decay_steps, self.rate = float(initial), int(decay_steps), rate
         self.factor = tf.Variable(1.0, trainable=False, dtype=tf.float32,
                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.anneal = tf.Variable(1.0, trainable=False, dtype=tf.float32,
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def __call__(self, step):
-        value = tf.constant(self.initial, tf.float32) * self.factor
+        value = tf.constant(self.initial, tf.float32) * self.factor * self.anneal
         if self.decay_steps > 0:
             periods = tf.floor(tf.cast(step, tf.float32) / float(self.decay_steps))
             value = value * tf.pow(tf.constant(float(self.rate), tf.float32), periods)
@@ -278,6 +285,20 @@ def any_worker(strategy, flag):
     values = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(1.0 if flag else 0.0))
     return float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)) > 0.0
+
+
+def largest_over_workers(strategy, value):
+    """The largest of every worker's `value` (a collective on multiworker), the same on all.
+
+    The time budget's learning-rate anneal is computed from it, so that every worker applies
+    the same learning rate to its mirrored variables.
+    """
+    if not is_multi_worker(strategy):
+        return float(value)
+
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(float(value)))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MAX, values, axis=None))
 
 
 def set_precision_policy(cfg):

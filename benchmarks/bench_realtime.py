@@ -5,6 +5,7 @@
     python benchmarks/bench_realtime.py --presets light,paper --runtimes openvino,openvino-int8
     python benchmarks/bench_realtime.py --sizes 368x656 --frames 300 --seconds 0 --video clip.mp4
     python benchmarks/bench_realtime.py --maps network,oracle   # also parse the truth's maps
+    python benchmarks/bench_realtime.py --presets light --runtimes openvino-int8 --streams 1,2
     python benchmarks/bench_realtime.py --presets light --checkpoints light=models/light/best.keras
     python benchmarks/bench_realtime.py --workdir /tmp/realtime # keep the models for the next run
 
@@ -37,7 +38,9 @@ time, and each stage's mean milliseconds per frame (a sequential row's stages ad
 1000 / fps). The pipelined rows (pipelined: true) run three stages at once: decode and resize
 on a reader thread, the network on a thread of its own, parse and track on the main thread,
 with queues of --queue frames between them (the runtimes and OpenCV let go of Python's lock
-while they compute). Their stages are timed in their own threads (they overlap, so they add
+while they compute). --streams 1,2 adds pipelined rows (key streams) where OpenVINO runs two
+frames' networks at once on two threads, its threads split between the streams
+(runtimes.OpenVINORuntime); the frames are put back in order before parsing and tracking. Their stages are timed in their own threads (they overlap, so they add
 up to more than 1000 / fps), wait_ms is the main thread waiting for the network, and speedup
 the ratio to the same sequential row.
 
@@ -55,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import json
 import os
 import queue
@@ -170,6 +174,9 @@ def build_parser():
     add("--variants", type=lambda text: listed(text, ("sequential", "pipelined")),
         default=["sequential", "pipelined"], help="sequential, pipelined or both (default)")
     add("--queue", type=int, default=2, help="frames the pipelined reader may run ahead")
+    add("--streams", type=lambda text: listed(text, convert=int), default=[1],
+        help="OpenVINO streams of the pipelined rows, one row each (default 1): N streams run "
+             "N frames' networks at once from N threads, the threads split between them")
     add("--maps", type=lambda text: listed(text, ("network", "oracle")), default=["network"],
         help="parse the network's maps (default) and/or the synthetic truth's (oracle)")
     add("--checkpoints", type=checkpoints_of, default={}, metavar="PRESET=PATH,...",
@@ -512,60 +519,72 @@ def take(items, stop):
 
 
 def reader_thread(plan, video, frames, stop):
-    """Decode and resize into the queue `frames` until `stop` is set: items (position, batch,
-    decode seconds, resize seconds)."""
+    """Decode and resize into the queue `frames` until `stop` is set: items (sequence number,
+    (position, batch, decode seconds, resize seconds))."""
     reader = FrameReader(video)
     try:
-        while not stop.is_set():
+        for sequence in itertools.count():
             started = time.perf_counter()
             position, frame = reader.read()
             decoded = time.perf_counter()
             batch = plan.prepare(frame)
-            if not put(frames, (position, batch, decoded - started,
-                                time.perf_counter() - decoded), stop):
+            if not put(frames, (sequence, (position, batch, decoded - started,
+                                           time.perf_counter() - decoded)), stop):
                 break
     finally:
         reader.close()
 
 
 def network_thread(runtime, frames, results, stop):
-    """Run the network on each item of `frames` into `results`: items (position, maps,
-    decode, resize and network seconds). OpenVINO, ONNX Runtime, LiteRT and TensorFlow let
-    go of the GIL while they compute, so this overlaps the parsing of the frame before."""
+    """Run the network on each item of `frames` into `results`: items (sequence number,
+    (position, maps, decode, resize and network seconds)). OpenVINO, ONNX Runtime, LiteRT and
+    TensorFlow let go of the GIL while they compute, so this overlaps the parsing of the frame
+    before; with several OpenVINO streams, several of these threads run at once."""
     while not stop.is_set():
         item = take(frames, stop)
         if item is None:
             break
-        position, batch, decode_seconds, resize_seconds = item
+        sequence, (position, batch, decode_seconds, resize_seconds) = item
         started = time.perf_counter()
         maps = runtime.run(batch)
-        if not put(results, (position, maps, decode_seconds, resize_seconds,
-                             time.perf_counter() - started), stop):
+        if not put(results, (sequence, (position, maps, decode_seconds, resize_seconds,
+                                        time.perf_counter() - started)), stop):
             break
 
 
-def run_pipelined(runtime, plan, video, oracle, budget, depth):
+def in_order(results):
+    """The items of the queue `results` by sequence number: network threads running at once
+    finish out of order, and tracking needs the frames in theirs."""
+    waiting = {}
+    for sequence in itertools.count():
+        while sequence not in waiting:
+            got, item = results.get(timeout=600)
+            waiting[got] = item
+        yield waiting.pop(sequence)
+
+
+def run_pipelined(runtime, plan, video, oracle, budget, depth, streams=1):
     """Timing of frames in three stages that overlap: decode and resize on a reader thread,
-    the network on a thread of its own, parse and track on this one; queues of `depth`
-    frames between them."""
+    the network on `streams` threads of its own, parse and track on this one; queues of
+    `depth` frames (at least `streams`) between them."""
     import tracking
 
     tracker = tracking.Tracker(plan.cfg)
     warmup, frames, seconds, least = budget
     stop = threading.Event()
-    inputs, outputs = (queue.Queue(maxsize=max(depth, 1)) for _ in range(2))
-    workers = [threading.Thread(target=reader_thread, args=(plan, video, inputs, stop)),
-               threading.Thread(target=network_thread, args=(runtime, inputs, outputs, stop))]
+    inputs, outputs = (queue.Queue(maxsize=max(depth, streams, 1)) for _ in range(2))
+    workers = [threading.Thread(target=reader_thread, args=(plan, video, inputs, stop))] + [
+        threading.Thread(target=network_thread, args=(runtime, inputs, outputs, stop))
+        for _ in range(streams)]
     for worker in workers:
         worker.start()
-    timing = Timing()
+    timing, ordered = Timing(), in_order(outputs)
     try:
         for index in range(warmup + frames):
             if index == warmup:
                 timing = Timing()
             started = time.perf_counter()
-            position, maps, decode_seconds, resize_seconds, network_seconds = outputs.get(
-                timeout=600)
+            position, maps, decode_seconds, resize_seconds, network_seconds = next(ordered)
             got = time.perf_counter()
             estimate = plan.parse(*to_parse(oracle, position, maps))
             parsed = time.perf_counter()
@@ -615,7 +634,12 @@ def measure_runtime(spec, preset, name, path, weights):
     import runtimes
 
     runtime_name, precision, _, ov_precision = RUNTIMES[name]
-    runtime, cfg = runtimes.load(path, spec["threads"], ov_precision)
+    # Streams are OpenVINO's, each needs a thread; the sequential rows run one stream.
+    stream_counts = sorted({1} | {count for count in spec.get("streams", [1])
+                                  if runtime_name == "openvino" and count <= spec["threads"]})
+    loaded = {count: runtimes.load(path, spec["threads"], ov_precision, count)
+              for count in stream_counts}
+    runtime, cfg = loaded[1]
     budget = (spec["warmup"][preset], spec["frames"][preset], spec["seconds"],
               spec["min_frames"])
     for size, video in spec["videos"]:
@@ -631,13 +655,16 @@ def measure_runtime(spec, preset, name, path, weights):
                        "threads": spec["threads"], "height": size[0], "width": size[1],
                        "maps": maps, "weights": weights,
                        "ov_precision": getattr(runtime, "precision", None)}
-            for variant in spec["variants"]:
-                if variant == "pipelined":
-                    measured = run_pipelined(runtime, plan, video, oracle, budget,
-                                             spec["queue"])
-                else:
-                    measured = run_sequential(runtime, plan, video, oracle, budget)
-                yield row_of(setting, *measured, variant == "pipelined")
+            if "sequential" in spec["variants"]:
+                measured = run_sequential(runtime, plan, video, oracle, budget)
+                yield row_of(dict(setting, streams=1), *measured, False)
+            if "pipelined" in spec["variants"]:
+                for count in stream_counts:
+                    if count > 1 and count not in spec.get("streams", [1]):
+                        continue  # only the sequential rows asked for one stream
+                    measured = run_pipelined(loaded[count][0], plan, video, oracle, budget,
+                                             spec["queue"], count)
+                    yield row_of(dict(setting, streams=count), *measured, True)
 
 
 def worker(spec_path):
@@ -671,20 +698,22 @@ def describe(row):
     """One line of a row."""
     stages = " ".join(f"{stage} {row[stage + '_ms']:.2f}" for stage in STAGES)
     extra = f" wait {row['wait_ms']:.2f}" if row["pipelined"] else ""
+    variant = f"pipelined {row.get('streams', 1)}s" if row["pipelined"] else "sequential  "
     return (f"  {row['preset']:5s} {row['runtime']:11s} {row['precision']:8s} "
             f"{row['threads']}t {row['height']}x{row['width']} {row['maps']:7s} "
-            f"{'pipelined ' if row['pipelined'] else 'sequential'} {row['fps']:8.2f} frames/s"
+            f"{variant} {row['fps']:8.2f} frames/s"
             f" | ms: {stages}{extra} | {row['people_per_frame']} people, {row['frames']} frames")
 
 
 # --------------------------------------------------------------------------------------------
 # Summary (the main process)
 # --------------------------------------------------------------------------------------------
-def find(rows, preset, runtime, precision, size, threads=2, maps="network", pipelined=False):
+def find(rows, preset, runtime, precision, size, threads=2, maps="network", pipelined=False,
+         streams=1):
     for row in rows:
         if (row["preset"], row["runtime"], row["precision"], (row["height"], row["width"]),
-                row["threads"], row["maps"], row["pipelined"]) == (
-                preset, runtime, precision, tuple(size), threads, maps, pipelined):
+                row["threads"], row["maps"], row["pipelined"], row.get("streams", 1)) == (
+                preset, runtime, precision, tuple(size), threads, maps, pipelined, streams):
             return row
     return None
 
@@ -701,15 +730,17 @@ def add_speedups(rows):
 
 def print_targets(rows):
     """Issue 21's targets and network-alone ratios, on the rows there are."""
+    stream_counts = sorted({row.get("streams", 1) for row in rows})
     for maps in sorted({row["maps"] for row in rows}):
         for label, preset, precision, size, goal in TARGETS:
-            for pipelined in (False, True):
-                row = find(rows, preset, "openvino", precision, size, 2, maps, pipelined)
+            for pipelined, streams in [(False, 1)] + [(True, count) for count in stream_counts]:
+                row = find(rows, preset, "openvino", precision, size, 2, maps, pipelined,
+                           streams)
                 if row:
                     verdict = "met" if row["fps"] >= goal else "NOT met"
-                    print(f"target {label} >= {goal} ({maps} maps, "
-                          f"{'pipelined' if pipelined else 'sequential'}): {row['fps']:.1f} "
-                          f"{verdict}")
+                    variant = f"pipelined, {streams} stream(s)" if pipelined else "sequential"
+                    print(f"target {label} >= {goal} ({maps} maps, {variant}): "
+                          f"{row['fps']:.1f} {verdict}")
     light_int8 = find(rows, "light", "openvino", "int8", (368, 368))
     for label, other, goal in (("paper Keras float32", ("paper", "keras", "float32"), 150),
                                ("light OpenVINO float32", ("light", "openvino", "float32"), 4)):
@@ -741,7 +772,8 @@ def run_worker(args, threads, models, video_paths, folder):
     spec = {"threads": threads, "models": models, "videos": list(video_paths.items()),
             "warmup": args.warmup, "frames": args.frames, "seconds": args.seconds,
             "min_frames": args.min_frames, "variants": args.variants, "maps": args.maps,
-            "queue": args.queue, "out": os.path.join(folder, f"rows_{threads}.json")}
+            "queue": args.queue, "streams": args.streams,
+            "out": os.path.join(folder, f"rows_{threads}.json")}
     spec_path = os.path.join(folder, f"spec_{threads}.json")
     with open(spec_path, "w", encoding="utf-8") as handle:
         json.dump(spec, handle)

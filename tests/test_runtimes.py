@@ -198,6 +198,26 @@ def test_openvino_compiles_a_static_shape_once_seen_twice_and_keeps_a_few(tiny_e
     assert list(network.static) == [(1, 16, 16, 3), (1, 24, 64, 3)]
 
 
+def test_openvino_streams_run_batches_from_threads_at_once_with_the_same_maps(tiny_exports,
+                                                                             tiny_openvino):
+    import concurrent.futures
+
+    network, _ = runtimes.load(tiny_openvino, threads=2, streams=2)
+    reference, _ = runtimes.load(tiny_exports["onnx"])
+    assert network.streams == 2 and network.properties["PERFORMANCE_HINT"] == "THROUGHPUT"
+    rng = np.random.default_rng(3)
+    batches = [rng.uniform(0, 255, (1, 32, 48, 3)).astype(np.float32) for _ in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # more callers than streams
+        results = list(pool.map(network.run, batches))
+    # Each caller gets its own batch's maps, though two requests ran at once.
+    for batch, got in zip(batches, results):
+        for got_map, want_map in zip(got, reference.run(batch)):
+            assert np.abs(got_map - want_map).max() <= 1e-4
+    assert network.static[(1, 32, 48, 3)][0].qsize() == 2  # every request handed back
+    with pytest.raises(runtimes.RuntimeLoadError, match="runtime_streams must be from 1 to"):
+        runtimes.load(tiny_openvino, threads=2, streams=3)
+
+
 def test_openvino_precision_option_says_which_precision_ran(tiny_openvino, monkeypatch,
                                                              caplog):
     import openvino

@@ -174,6 +174,30 @@ def test_learning_rate_factor_and_step_decay(tmp_path):
     assert float(schedule(0)) == pytest.approx(0.1 / 3.0)
 
 
+def test_anneal_factor_falls_linearly_to_zero_over_the_budgets_end():
+    # With half the budget annealed: full rate to the middle, half at three quarters, 0 at the end.
+    factors = [callbacks.anneal_factor(f, 0.5) for f in (0.0, 0.5, 0.75, 0.9, 1.0, 1.2)]
+    np.testing.assert_allclose(factors, [1.0, 1.0, 0.5, 0.2, 0.0, 0.0], atol=1e-12)
+    assert callbacks.anneal_factor(0.99, 0.0) == 1.0  # off
+
+
+def test_time_budget_anneals_the_schedule_and_then_stops(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, learning_rate=0.1, lr_decay_steps=0)
+    schedule = trainer_module.make_schedule(cfg)
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    state = checkpoints.RunState()
+    budget = callbacks.TimeBudget(state, 1.0, None, schedule, anneal_fraction=0.4)
+    budget.set_model(type("Stub", (), {"stop_training": False})())
+    rates = []
+    for elapsed in (0.0, 30.0, 48.0, 54.0, 61.0):  # seconds of the one-minute budget
+        clock[0] = 100.0 + elapsed
+        budget.on_train_batch_end(0)
+        rates.append(float(schedule(0)))
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.05, 0.025, 0.0], atol=1e-7)
+    assert state.stop_reason == "time" and budget.model.stop_training
+
+
 def test_fit_phases_finish_an_interrupted_epoch_first():
     assert train.fit_phases(checkpoints.RunState(step=0), 3, 2) == [(0, 2, 3)]
     assert train.fit_phases(checkpoints.RunState(step=7), 3, 4) == [(2, 3, 2), (3, 4, 3)]
