@@ -411,10 +411,13 @@ class OpenVINORuntime(Runtime):
 
 
 def check_streams(streams, threads):
-    """`streams` as an int from 1 to `threads` (each stream needs a thread), else ValueError."""
+    """`streams` as an int from 1 to `threads` (each stream needs a thread).
+
+    Raises RuntimeLoadError for any other count.
+    """
     streams = int(streams)
     if not 1 <= streams <= max(threads, 1):
-        raise RuntimeLoadError(f"runtime_streams must be from 1 to the {threads} runtime "
+        raise RuntimeLoadError(f"OpenVINO streams must be from 1 to the {threads} runtime "
                                f"thread(s), got {streams}")
     return streams
 

@@ -257,7 +257,7 @@ def make_strategy(name):
 
 
 def is_multi_worker(strategy):
-
+    """True for a MultiWorkerMirroredStrategy that spans several workers (TF_CONFIG)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         strategy.extended._in_multi_worker_mode()
 
@@ -279,12 +279,7 @@ def any_worker(strategy, flag):
     Decisions that end training must agree, or the workers still training would wait forever
     for the ones that stopped.
     """
-    if not is_multi_worker(strategy):
-        return bool(flag)
-
-    values = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(1.0 if flag else 0.0))
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)) > 0.0
+    return largest_over_workers(strategy, 1.0 if flag else 0.0) > 0.0
 
 
 def largest_over_workers(strategy, value):
@@ -296,9 +291,11 @@ def largest_over_workers(strategy, value):
     if not is_multi_worker(strategy):
         return float(value)
 
+    # tf.distribute.ReduceOp has only SUM and MEAN, so every worker gathers all the values
+    # (one per replica, rank 1 for gather's axis) and takes their largest itself.
     values = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(float(value)))
-    return float(strategy.reduce(tf.distribute.ReduceOp.MAX, values, axis=None))
+        lambda context: tf.constant([float(value)]))
+    return float(tf.reduce_max(strategy.gather(values, axis=0)))
 
 
 def set_precision_policy(cfg):

@@ -33,15 +33,16 @@ every runtime and OpenCV get that many threads.
 
 Per row: --warmup frames (2 at least: OpenVINO compiles a static model on a shape's second
 frame, runtimes.OpenVINORuntime), then up to --frames (per preset: "paper=10,light=100", or
-one number) timed, stopping after --seconds once --min_frames are timed; frames/s = timed frames / wall
-time, and each stage's mean milliseconds per frame (a sequential row's stages add up to
-1000 / fps). The pipelined rows (pipelined: true) run three stages at once: decode and resize
+one number) timed, stopping after --seconds once --min_frames (per preset, "30,paper=3") are
+timed; frames/s = timed frames / wall time, and each stage's mean milliseconds per frame (a
+sequential row's stages add up to 1000 / fps). The pipelined rows (pipelined: true) run three stages at once: decode and resize
 on a reader thread, the network on a thread of its own, parse and track on the main thread,
 with queues of --queue frames between them (the runtimes and OpenCV let go of Python's lock
 while they compute). --streams 1,2 adds pipelined rows (key streams) where OpenVINO runs two
 frames' networks at once on two threads, its threads split between the streams
-(runtimes.OpenVINORuntime); the frames are put back in order before parsing and tracking. Their stages are timed in their own threads (they overlap, so they add
-up to more than 1000 / fps), wait_ms is the main thread waiting for the network, and speedup
+(runtimes.OpenVINORuntime); the frames are put back in order before parsing and tracking.
+Their stages are timed in their own threads (they overlap, so they add up to more than
+1000 / fps), wait_ms is the main thread waiting for the network, and speedup
 the ratio to the same sequential row.
 
 --maps network parses the network's own maps; those of random weights are noisy (hundreds of
@@ -92,7 +93,9 @@ ARTEFACTS = {"keras": ("best.keras", (), ()),
              "openvino_int8": ("model_int8.xml", ("openvino", "nncf"), ("openvino",))}
 STAGES = ("decode", "resize", "network", "parse", "track")
 SIZES = "368x368,368x656"
-FRAMES, WARMUP = "100,paper=10", "5,paper=2"
+# At least MIN_FRAMES timed frames a row: on a slow machine two seconds of the light network
+# are a dozen frames, too few to rank the variants.
+FRAMES, WARMUP, MIN_FRAMES = "100,paper=10", "5,paper=2", "30,paper=3"
 VIDEO_FPS = 25.0
 TINY = 1e-30  # oracle map values below this are set to 0 (FramePlan.oracle_maps)
 HEIGHT = 0.55  # synthetic people's height, a fraction of the video's
@@ -170,7 +173,8 @@ def build_parser():
     add("--warmup", type=per_preset, default=WARMUP, help=f"untimed frames first ({WARMUP})")
     add("--seconds", type=float, default=2.0,
         help="stop a row after this many timed seconds, once --min_frames are timed (0: no cap)")
-    add("--min_frames", type=int, default=3)
+    add("--min_frames", type=per_preset, default=MIN_FRAMES,
+        help=f"timed frames a row has before --seconds may stop it ({MIN_FRAMES})")
     add("--variants", type=lambda text: listed(text, ("sequential", "pipelined")),
         default=["sequential", "pipelined"], help="sequential, pipelined or both (default)")
     add("--queue", type=int, default=2, help="frames the pipelined reader may run ahead")
@@ -641,7 +645,7 @@ def measure_runtime(spec, preset, name, path, weights):
               for count in stream_counts}
     runtime, cfg = loaded[1]
     budget = (spec["warmup"][preset], spec["frames"][preset], spec["seconds"],
-              spec["min_frames"])
+              spec["min_frames"][preset])
     for size, video in spec["videos"]:
         reader = FrameReader(video)
         shape = reader.read()[1].shape

@@ -214,7 +214,8 @@ def test_openvino_streams_run_batches_from_threads_at_once_with_the_same_maps(ti
         for got_map, want_map in zip(got, reference.run(batch)):
             assert np.abs(got_map - want_map).max() <= 1e-4
     assert network.static[(1, 32, 48, 3)][0].qsize() == 2  # every request handed back
-    with pytest.raises(runtimes.RuntimeLoadError, match="runtime_streams must be from 1 to"):
+    with pytest.raises(runtimes.RuntimeLoadError,
+                       match="streams must be from 1 to the 2 runtime thread.s., got 3"):
         runtimes.load(tiny_openvino, threads=2, streams=3)
 
 

@@ -368,8 +368,9 @@ print(json.dumps(train.main(cfg, dataset_fn=dataset.synthetic_dataset)))
 """
 
 
-def tiny_overrides():
-    return json.dumps({key: value for key, value in TINY.items() if key != "batch_size"})
+def tiny_overrides(**extra):
+    values = {key: value for key, value in TINY.items() if key != "batch_size"}
+    return json.dumps(dict(values, **extra))
 
 
 def test_mirrored_strategy_over_two_logical_cpus_trains(tmp_path):
@@ -400,7 +401,8 @@ WORKER_SCRIPT = MIRRORED_SCRIPT.replace(
     '[tf.config.LogicalDeviceConfiguration()] * 2)\n', "")
 
 
-def test_two_workers_train_together_and_end_cleanly(tmp_path):
+def run_two_workers(tmp_path, script, *arguments):
+    """Run `script` as two workers of one local cluster; [(returncode, stdout, stderr)] each."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes, logs = [], []
     for index in range(2):
@@ -409,9 +411,9 @@ def test_two_workers_train_together_and_end_cleanly(tmp_path):
                      open(tmp_path / f"worker{index}.err", "w+")))
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER_SCRIPT, str(tmp_path), "multiworker", tiny_overrides()],
-            cwd=ROOT, env=subprocess_env(TF_CONFIG=tf_config), stdout=logs[-1][0],
-            stderr=logs[-1][1], text=True))
+            [sys.executable, "-c", script, *arguments], cwd=ROOT,
+            env=subprocess_env(TF_CONFIG=tf_config), stdout=logs[-1][0], stderr=logs[-1][1],
+            text=True))
     outputs = []
     try:
         for process, (stdout, stderr) in zip(processes, logs):
@@ -427,6 +429,30 @@ def test_two_workers_train_together_and_end_cleanly(tmp_path):
                 handle.close()
     for returncode, _, stderr in outputs:
         assert returncode == 0, stderr[-3000:]
+    return outputs
+
+
+COLLECTIVE_SCRIPT = """
+import json, os
+import trainer
+strategy = trainer.make_strategy("multiworker")
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+print(json.dumps({"largest": trainer.largest_over_workers(strategy, [1.5, 4.0][index]),
+                  "any_second": trainer.any_worker(strategy, index == 1),
+                  "any_none": trainer.any_worker(strategy, False)}))
+"""
+
+
+def test_workers_agree_on_the_largest_value_and_on_any_flag(tmp_path):
+    # The time budget stops and anneals on these, so each worker must get the others' values.
+    for _, stdout, _ in run_two_workers(tmp_path, COLLECTIVE_SCRIPT):
+        assert last_json_line(stdout) == {"largest": 4.0, "any_second": True, "any_none": False}
+
+
+def test_two_workers_train_together_and_end_cleanly(tmp_path):
+    # A budget that never runs out still takes the workers' largest elapsed time every batch.
+    overrides = tiny_overrides(max_train_minutes=600, lr_anneal_fraction=0.5)
+    outputs = run_two_workers(tmp_path, WORKER_SCRIPT, str(tmp_path), "multiworker", overrides)
     chief, other = (last_json_line(stdout) for _, stdout, _ in outputs)
     assert (chief["chief"], other["chief"]) == (True, False)
     assert chief["replicas"] == other["replicas"] == 2
