@@ -298,6 +298,10 @@ class Config:
     integer_output: bool = inference(False)  # Round submission coordinates to whole pixels.
     # CPU threads of ONNX Runtime, OpenVINO, LiteRT and TensorFlow (0: every core of the machine).
     runtime_threads: int = inference(0)
+    # OpenVINO streams: network rounds (inference_chunk images) run at once, each on its own
+    # thread, the runtime's threads split between them; from 1 to runtime_threads. More than 1
+    # pays on videos and image folders where one round cannot keep every thread busy.
+    runtime_streams: int = inference(1)
     # OpenVINO's inference precision: f32 | bf16 (where the CPU has bfloat16, else f32) | auto
     # (bf16 where possible, silently). runtimes.OpenVINORuntime.precision says which ran.
     openvino_precision: str = inference("f32")
@@ -393,6 +397,10 @@ PRESETS = {
         max_train_minutes=20.0,
         log_images_every=200,
         checkpoint_every_steps=100,
+        # XLA fuses the small network's batch norms and activations into its convolutions:
+        # 1.19x less CPU time per step and quick-start mAP 0.319 and 0.322 against 0.219 on a
+        # 2-core AVX2 machine (docs/benchmarks.md).
+        jit_compile=True,
         inference_height=160,
         scales=(1.0, 1.5, 2.0),
         flip_test=True,
@@ -429,6 +437,9 @@ PRESETS["light"] = dict(
     stage_convs=5,
     batch_norm=True,
     input_normalization="mobilenet",
+    # Not under XLA: its depthwise convolutions train 4x slower there on a CPU (1.95 against
+    # 7.86 images/s, benchmarks/bench_train.py --presets light --jit_compile).
+    jit_compile=False,
 )
 
 
@@ -449,6 +460,7 @@ PRESETS["tiny"] = dict(
     steps_per_epoch=2,
     validation_steps=1,
     max_train_minutes=0.0,
+    jit_compile=False,  # Its steps take milliseconds: compiling them would cost the tests more.
     log_images_every=2,
     inference_height=32,
     scales=(1.0,),

@@ -16,6 +16,7 @@ same batch, and parsing runs on a worker thread while the network works on the n
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -382,28 +383,44 @@ def estimate_poses_stream(model, items, cfg, chunk_size=None, workers=1):
     is the one-at-a-time path): per scale, images whose inputs have one padded shape form
     batches of cfg.inference_batch inputs, mirror images included. Fusion and parsing of a
     chunk run on `workers` threads while the network works on the next chunk (0: in line),
-    so the parser stays off the critical path. The results do not depend on chunk_size or
-    workers: every image meets the same padded input (padded_size) in any batch.
+    so the parser stays off the critical path. A runtime with several streams (its `streams`
+    attribute: OpenVINO's, runtime_streams) runs that many chunks' networks at once, each on a
+    thread of its own. The results do not depend on chunk_size, workers or streams: every
+    image meets the same padded input (padded_size) in any batch.
     """
     chunk_size = max(int(chunk_size or cfg.inference_chunk), 1)
     model = compiled(model)
+    streams = max(int(getattr(model.model, "streams", 1)), 1)
     pool = ThreadPoolExecutor(workers) if workers > 0 else None
-    iterator, pending = iter(items), []
+    # One stream runs the network in line, as before: a pool would only add a thread hop.
+    network_pool = ThreadPoolExecutor(streams) if streams > 1 else None
+    chunks, running, pending = _chunks(items, chunk_size), collections.deque(), []
     try:
         while True:
-            chunk = list(itertools.islice(iterator, chunk_size))
-            if not chunk:
+            # Keep every stream busy: chunks are read ahead while the oldest one computes.
+            for chunk in itertools.islice(chunks, streams - len(running)):
+                images = [_check_image(image, key) for key, image in chunk]
+                running.append((chunk, images, _later(network_pool, network_maps, model,
+                                                      images, cfg)))
+            if not running:
                 break
-            images = [_check_image(image, key) for key, image in chunk]
-            maps = network_maps(model, images, cfg)
+            chunk, images, maps = running.popleft()
             jobs = [(key, _later(pool, parse_image, per_scale, image.shape, cfg))
-                    for (key, _), image, per_scale in zip(chunk, images, maps)]
+                    for (key, _), image, per_scale in zip(chunk, images, maps.result())]
             yield from ((key, job.result()) for key, job in pending)
             pending = jobs
         yield from ((key, job.result()) for key, job in pending)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for executor in (pool, network_pool):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(items, size):
+    """Lists of up to `size` consecutive items of the iterable `items`, read as they are asked."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def predict_maps_batch(model, images, cfg):

@@ -477,6 +477,9 @@ def load(path, threads=0, precision=None, streams=1):
     else:
         _, cfg = read_sidecar(path)
         runtime = EXPORTED_RUNTIMES[kind](path, threads)
+    if kind != "openvino" and int(streams) != 1:
+        LOGGER.warning("%s: streams are OpenVINO's; %s runs one batch at a time", path,
+                       runtime.name)
     check_channels(runtime, cfg, path)
     return runtime, cfg
 
@@ -488,12 +491,13 @@ def load_for_inference(path, overrides=None):
     The one way demo.py and evaluate.py load a network. Only inference, video and path
     settings may be overridden (config.inference_config): a ValueError naming another field is
     raised before anything is loaded. runtime_threads, when given, sets the runtime's threads;
-    openvino_precision, OpenVINO's precision.
+    openvino_precision, OpenVINO's precision; runtime_streams, OpenVINO's streams.
     """
     overrides = dict(overrides or {})
     config.inference_config(config.Config(), overrides)  # Fail before the slow load.
     runtime, saved = load(path, overrides.get("runtime_threads", 0),
-                          overrides.get("openvino_precision"))
+                          overrides.get("openvino_precision"),
+                          overrides.get("runtime_streams", 1))
     return runtime, config.inference_config(saved, overrides)
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                      # both presets on this machine
     python benchmarks/bench_train.py --mixed_precision --jit_compile   # e.g. on a GPU
     python benchmarks/bench_train.py --presets cpu --steps 10
+    python benchmarks/bench_train.py --presets cpu,light --steps 12 --xla_pairs 5 --latency_runs 0
 
 Training runs train.py's own training model (loss over all stages, optimiser with the stage
 learning-rate multipliers, NaN guard) through Keras fit on random images and maps of the right
@@ -17,6 +18,7 @@ because other processes share the CPU. The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -48,7 +50,12 @@ def parse_arguments(argv=None):
     parser.add_argument("--latency_runs", type=int, default=5,
                         help="timed forward passes of the paper model at 368x368 (0: skip)")
     parser.add_argument("--mixed_precision", action="store_true", help="mixed precision policy")
-    parser.add_argument("--jit_compile", action="store_true", help="compile steps with XLA")
+    parser.add_argument("--xla_pairs", type=int, default=0,
+                        help="also time each preset this many times with and without XLA, "
+                             "alternately, and report the median speed-ups (0: skip)")
+    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile steps with XLA, or not (default: the preset's choice, "
+                             "on for cpu)")
     return parser.parse_args(argv)
 
 
@@ -62,8 +69,9 @@ def preset_config(preset, arguments):
     batch = {"paper": arguments.paper_batch, "cpu": arguments.cpu_batch}.get(preset, 0)
     if preset == "paper" and batch <= 0 and not on_gpu():
         batch = 2  # The preset's 10 would take minutes per step on two cores.
-    overrides = dict(backbone_weights="none", mixed_precision=arguments.mixed_precision,
-                     jit_compile=arguments.jit_compile)
+    overrides = dict(backbone_weights="none", mixed_precision=arguments.mixed_precision)
+    if arguments.jit_compile is not None:
+        overrides["jit_compile"] = arguments.jit_compile
     if batch > 0:
         overrides["batch_size"] = batch
     return config.make_config(preset, **overrides)
@@ -75,14 +83,38 @@ def time_training(cfg, warmup, steps):
     trainer, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
     batch_data = dataset.synthetic_dataset(cfg, "train", True, batches=1)
     trainer.fit(batch_data, epochs=1, steps_per_epoch=max(1, warmup), verbose=0, shuffle=False)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.fit(batch_data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return dict(preset=cfg.preset, policy=policy, jit_compile=cfg.jit_compile,
                 batch_size=cfg.batch_size, input_size=cfg.input_size, steps=steps,
                 parameters=trainer.network.count_params(),
                 seconds_per_step=round(seconds / steps, 4),
+                cpu_seconds_per_step=round(cpu_seconds / steps, 4),
                 images_per_second=round(steps * cfg.batch_size / seconds, 3))
+
+
+def compare_xla(preset, arguments):
+    """Medians over `arguments.xla_pairs` alternating runs with and without XLA.
+
+    A shared machine's speed can change by 2x from one minute to the next; alternating the two
+    settings spreads that drift over both, and the process's CPU seconds per step are less
+    affected by it than wall time is.
+    """
+    runs = {True: [], False: []}
+    for _ in range(arguments.xla_pairs):
+        for xla in (True, False):
+            cfg = dataclasses.replace(preset_config(preset, arguments), jit_compile=xla)
+            runs[xla].append(time_training(cfg, arguments.warmup, arguments.steps))
+    medians = {xla: {key: statistics.median(run[key] for run in runs[xla])
+                     for key in ("seconds_per_step", "cpu_seconds_per_step")}
+               for xla in runs}
+    return dict(preset=preset, pairs=arguments.xla_pairs, steps=arguments.steps,
+                with_xla=medians[True], without_xla=medians[False],
+                wall_speedup=round(medians[False]["seconds_per_step"]
+                                   / medians[True]["seconds_per_step"], 3),
+                cpu_speedup=round(medians[False]["cpu_seconds_per_step"]
+                                  / medians[True]["cpu_seconds_per_step"], 3))
 
 
 def time_forward(cfg, runs, size=368):
@@ -122,6 +154,12 @@ def main(arguments):
               f"({figures['seconds_per_step']} s/step, batch {figures['batch_size']}, "
               f"{figures['policy']}, xla={figures['jit_compile']})", flush=True)
         results["training"].append(figures)
+        if arguments.xla_pairs > 0:
+            comparison = compare_xla(preset, arguments)
+            print(f"XLA {preset}: {comparison['wall_speedup']}x wall time, "
+                  f"{comparison['cpu_speedup']}x CPU time per step (medians of "
+                  f"{arguments.xla_pairs} alternating pairs)", flush=True)
+            results.setdefault("xla_comparison", []).append(comparison)
     if arguments.latency_runs > 0:
         results["forward_latency"] = time_forward(preset_config("paper", arguments),
                                                   arguments.latency_runs)

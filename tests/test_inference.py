@@ -5,6 +5,8 @@ in the same coordinates as the skeletons placed on the grid.
 """
 
 import copy
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -452,6 +454,45 @@ def test_the_batched_stream_equals_the_one_at_a_time_path(cfg):
     for (people, scores), (_, estimate) in zip(one_at_a_time, stream):
         np.testing.assert_array_equal(estimate.people, people)
         np.testing.assert_array_equal(estimate.scores, scores)
+
+
+class StreamedPatternModel(PatternModel):
+    """PatternModel as a runtime with two streams: it counts how many calls overlap."""
+
+    streams = 2
+
+    def __init__(self, stride):
+        super().__init__(stride)
+        self.lock, self.running, self.most_at_once = threading.Lock(), 0, 0
+
+    def __call__(self, batch, training=False):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.02)  # Long enough for the next chunk's call to start meanwhile.
+        try:
+            return super().__call__(batch, training)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_runtime_with_two_streams_runs_two_chunks_at_once_with_the_same_results(cfg):
+    cfg.inference_height, cfg.scales, cfg.flip_test = 48, (1.0,), False
+    cfg.peak_threshold, cfg.paf_threshold, cfg.min_parts, cfg.min_person_score = \
+        0.3, -1.0, 3, -10.0
+    images = random_images(9, seed=2)
+    streamed = StreamedPatternModel(cfg.stride)
+    stream = list(inference.estimate_poses_stream(streamed, enumerate(images), cfg,
+                                                  chunk_size=2))
+    one_stream = list(inference.estimate_poses_stream(PatternModel(cfg.stride),
+                                                      enumerate(images), cfg, chunk_size=2))
+    assert streamed.most_at_once == 2
+    assert [key for key, _ in stream] == list(range(9))  # in order, though computed two at once
+    assert sum(len(estimate.people) for _, estimate in one_stream) >= 9
+    for (_, got), (_, want) in zip(stream, one_stream):
+        np.testing.assert_array_equal(got.people, want.people)
+        np.testing.assert_array_equal(got.scores, want.scores)
 
 
 def test_a_model_with_other_channel_counts_is_reported(cfg):

@@ -219,6 +219,17 @@ def test_openvino_streams_run_batches_from_threads_at_once_with_the_same_maps(ti
         runtimes.load(tiny_openvino, threads=2, streams=3)
 
 
+def test_runtime_streams_reach_openvino_and_other_runtimes_say_they_run_one(
+        tiny_exports, tiny_openvino, caplog):
+    network, cfg = runtimes.load_for_inference(tiny_openvino, {"runtime_threads": 2,
+                                                              "runtime_streams": 2})
+    assert (network.streams, cfg.runtime_streams) == (2, 2)
+    with caplog.at_level("WARNING", logger="runtimes"):
+        network, _ = runtimes.load_for_inference(tiny_exports["onnx"], {"runtime_streams": 2})
+    assert not hasattr(network, "streams")
+    assert "streams are OpenVINO's; onnxruntime runs one batch at a time" in caplog.text
+
+
 def test_openvino_precision_option_says_which_precision_ran(tiny_openvino, monkeypatch,
                                                              caplog):
     import openvino
