@@ -299,8 +299,9 @@ class Config:
     # CPU threads of ONNX Runtime, OpenVINO, LiteRT and TensorFlow (0: every core of the machine).
     runtime_threads: int = inference(0)
     # OpenVINO streams: network rounds (inference_chunk images) run at once, each on its own
-    # thread, the runtime's threads split between them; from 1 to runtime_threads. More than 1
-    # pays on videos and image folders where one round cannot keep every thread busy.
+    # thread, the runtime's threads split between them; from 1 to runtime_threads (the cores
+    # when 0). More than 1 pays on videos and image folders where one round cannot keep every
+    # thread busy.
     runtime_streams: int = inference(1)
     # OpenVINO's inference precision: f32 | bf16 (where the CPU has bfloat16, else f32) | auto
     # (bf16 where possible, silently). runtimes.OpenVINORuntime.precision says which ran.

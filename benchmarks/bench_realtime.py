@@ -35,14 +35,14 @@ Per row: --warmup frames (2 at least: OpenVINO compiles a static model on a shap
 frame, runtimes.OpenVINORuntime), then up to --frames (per preset: "paper=10,light=100", or
 one number) timed, stopping after --seconds once --min_frames (per preset, "30,paper=3") are
 timed; frames/s = timed frames / wall time, and each stage's mean milliseconds per frame (a
-sequential row's stages add up to 1000 / fps). The pipelined rows (pipelined: true) run three stages at once: decode and resize
-on a reader thread, the network on a thread of its own, parse and track on the main thread,
-with queues of --queue frames between them (the runtimes and OpenCV let go of Python's lock
-while they compute). --streams 1,2 adds pipelined rows (key streams) where OpenVINO runs two
-frames' networks at once on two threads, its threads split between the streams
-(runtimes.OpenVINORuntime); the frames are put back in order before parsing and tracking.
-Their stages are timed in their own threads (they overlap, so they add up to more than
-1000 / fps), wait_ms is the main thread waiting for the network, and speedup
+sequential row's stages add up to 1000 / fps). The pipelined rows (pipelined: true) run three
+stages at once: decode and resize on a reader thread, the network on a thread of its own,
+parse and track on the main thread, with queues of --queue frames between them (the runtimes
+and OpenCV let go of Python's lock while they compute). --streams 1,2 adds pipelined rows (key
+streams) where OpenVINO runs two frames' networks at once on two threads, its threads split
+between the streams (runtimes.OpenVINORuntime); the frames are put back in order before
+parsing and tracking. Their stages are timed in their own threads (they overlap, so they add
+up to more than 1000 / fps), wait_ms is the main thread waiting for the network, and speedup
 the ratio to the same sequential row.
 
 --maps network parses the network's own maps; those of random weights are noisy (hundreds of

@@ -101,10 +101,11 @@ def compare_xla(preset, arguments):
     settings spreads that drift over both, and the process's CPU seconds per step are less
     affected by it than wall time is.
     """
+    configs = {xla: dataclasses.replace(preset_config(preset, arguments), jit_compile=xla)
+               for xla in (True, False)}
     runs = {True: [], False: []}
     for _ in range(arguments.xla_pairs):
-        for xla in (True, False):
-            cfg = dataclasses.replace(preset_config(preset, arguments), jit_compile=xla)
+        for xla, cfg in configs.items():
             runs[xla].append(time_training(cfg, arguments.warmup, arguments.steps))
     medians = {xla: {key: statistics.median(run[key] for run in runs[xla])
                      for key in ("seconds_per_step", "cpu_seconds_per_step")}
