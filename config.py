@@ -268,6 +268,11 @@ class Config:
 
     # Inference and parsing.
     inference_height: int = inference(368)  # Images are resized to this height before the network.
+    # How images are resized for the network: area | cubic | linear (area enlarges by cubic).
+    # Area averages every pixel it covers: 0.002-0.005 mAP above cubic on quick-start models,
+    # but OpenCV's slow path at non-integer ratios (a 720x720 frame to 368: 5.1 against 1.8 CPU
+    # ms, benchmarks/bench_frame.py); cubic is what the original ran.
+    input_interpolation: str = inference("area")
     # Multi-scale test factors of inference_height.
     scales: tuple = inference((0.5, 1.0, 1.5, 2.0))
     flip_test: bool = inference(False)  # Also run the mirrored image and average.
@@ -306,6 +311,10 @@ class Config:
     # OpenVINO's inference precision: f32 | bf16 (where the CPU has bfloat16, else f32) | auto
     # (bf16 where possible, silently). runtimes.OpenVINORuntime.precision says which ran.
     openvino_precision: str = inference("f32")
+    # Keep memory freed by numpy and OpenCV in the process (glibc's mallopt) rather than give
+    # it back to the kernel and fault fresh pages in for every frame's arrays:
+    # utils.retain_freed_memory, benchmarks/bench_frame.py.
+    retain_freed_memory: bool = inference(True)
 
     # Video (demo.py --video): tracking people across frames and smoothing their keypoints.
     # A detection continues a track when their keypoint similarity (OKS) is at least this.
@@ -386,7 +395,9 @@ PRESETS = {
         ignore_padding=True,
         batch_size=8,
         optimizer="adam",
-        learning_rate=1e-3,
+        # 2e-3 against 1e-3 in the 20-minute quick start, two seeds on a 2-core AVX2 machine:
+        # mAP 0.373 against 0.319 and 0.322 (seed 0), 0.264 against 0.121 (seed 1).
+        learning_rate=2e-3,
         weight_decay=0.0,
         stage_lr_multiplier=1.0,
         bias_lr_multiplier=1.0,

@@ -605,6 +605,8 @@ def run(args):
         raise DemoError(f"no images found in {where}; pass --image PATH or add .jpg/.png files")
     check_outputs(args, paths)
     network, cfg = load_network(checkpoint, overrides)
+    if cfg.retain_freed_memory:
+        utils.retain_freed_memory()
     print(f"model {checkpoint}; scales {tuple(cfg.scales)}, flip test {cfg.flip_test}")
     skipped = []
     if args.video:

@@ -344,6 +344,8 @@ def run_model(args):
                                                    config.overrides_from_args(args))
     except ValueError as error:  # RuntimeLoadError included: one line naming the file.
         raise InputError(str(error)) from error
+    if cfg.retain_freed_memory:
+        utils.retain_freed_memory()
     warnings = []
     items = image_list(args.images, references, args.limit)
     predictions = model_predictions(network, cfg, items, warnings, not args.no_progress)
@@ -361,6 +363,8 @@ def run_model(args):
 
 def run_oracle(args):
     cfg = config.config_from_args(args)
+    if cfg.retain_freed_memory:
+        utils.retain_freed_memory()
     references = load_json_list(args.ref, "reference")
     if args.limit is not None:
         references = references[:args.limit]

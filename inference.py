@@ -84,13 +84,33 @@ def padded_size(size, cfg):
     return -(-rows // cfg.stride) * cfg.stride, -(-cols // step) * step
 
 
-def prepare_input(image, size, padded, cfg):
-    """An RGB image resized to size = (rows, cols) and padded right/bottom to `padded` with
-    cfg.pad_value; float32 RGB 0..255 (the model normalises itself)."""
+INPUT_INTERPOLATIONS = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
+                        "linear": cv2.INTER_LINEAR}
+
+
+def resize_interpolation(name, shrinking):
+    """The cv2 flag of cfg.input_interpolation `name`; area enlarges by cubic (it would repeat
+    pixels there)."""
+    if name not in INPUT_INTERPOLATIONS:
+        raise ValueError(f"input_interpolation {name!r}: choose from "
+                         f"{', '.join(INPUT_INTERPOLATIONS)}")
+    if name == "area" and not shrinking:
+        return cv2.INTER_CUBIC
+    return INPUT_INTERPOLATIONS[name]
+
+
+def prepare_input(image, size, padded, cfg, reverse_channels=False):
+    """An RGB image resized to size = (rows, cols) (cfg.input_interpolation) and padded
+    right/bottom to `padded` with cfg.pad_value; float32 RGB 0..255 (the model normalises
+    itself). reverse_channels: the image is BGR (a video frame), swapped after resizing, on the
+    smaller 8-bit image (a float32 swap of the padded input costs 10x more)."""
     rows, cols = size
-    interpolation = cv2.INTER_AREA if rows < image.shape[0] else cv2.INTER_CUBIC
+    interpolation = resize_interpolation(cfg.input_interpolation, rows < image.shape[0])
+    resized = cv2.resize(image, (cols, rows), interpolation=interpolation)
+    if reverse_channels:
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
     batch_input = np.full(tuple(padded) + (3,), cfg.pad_value, dtype=np.float32)
-    batch_input[:rows, :cols] = cv2.resize(image, (cols, rows), interpolation=interpolation)
+    batch_input[:rows, :cols] = resized
     return batch_input
 
 
@@ -306,17 +326,28 @@ def fuse_scales(per_scale, grid, cfg, interpolation=cv2.INTER_CUBIC):
     """The mean of one image's ScaleMaps on `grid`: (heatmaps (rows, cols, NUM_HEATMAPS),
     pafs (rows, cols, NUM_PAFS)) float32, each scale resampled by `interpolation` (cubic, as
     the original's cv2.resize)."""
+    heatmaps = _mean_resampled([maps.heatmaps for maps in per_scale], per_scale, grid, cfg,
+                               interpolation)
+    pafs = _mean_resampled([maps.pafs for maps in per_scale], per_scale, grid, cfg,
+                           interpolation)
+    return heatmaps, pafs
+
+
+def _mean_resampled(arrays, per_scale, grid, cfg, interpolation):
+    """The mean over scales of arrays[i] (one kind of map of per_scale[i]) on `grid`.
+
+    Heatmaps and PAFs are resampled apart, so there is no joined array to make and split again
+    into two contiguous copies.
+    """
     total = None
-    for maps in per_scale:
-        both = np.concatenate([maps.heatmaps, maps.pafs], axis=2)
-        resampled = resample(both, grid, maps.factors, cfg.stride, interpolation)
+    for array, maps in zip(arrays, per_scale):
+        resampled = resample(array, grid, maps.factors, cfg.stride, interpolation)
         # The first scale's own array is the sum (no zeros to add to): the same floats, and
         # a single scale, the real-time setting, costs no sum or division at all.
         total = resampled if total is None else np.add(total, resampled, out=total)
-    if len(per_scale) > 1:
-        total /= len(per_scale)
-    return (np.ascontiguousarray(total[:, :, :NUM_HEATMAPS]),
-            np.ascontiguousarray(total[:, :, NUM_HEATMAPS:]))
+    if len(arrays) > 1:
+        total /= len(arrays)
+    return np.ascontiguousarray(total)
 
 
 def fused_maps(per_scale, image_shape, cfg):

@@ -184,10 +184,10 @@ def find_peaks(heatmaps, cfg, smoothing=None):
     ignored. Smoothing sigma is `smoothing` grid cells of these maps, by default
     cfg.peak_smoothing (maps on a finer grid than the network's pass a larger sigma, see
     grid_mapping; 0: none); a peak must exceed cfg.peak_threshold on the smoothed map, and its
-    position is refined on the smoothed map (a smoothed Gaussian is still a Gaussian). Each joint keeps its cfg.max_peaks_per_joint
-    strongest peaks: enough for any crowd, and it bounds the pair scoring, which grows with the
-    square of the count, on the noisy maps of an untrained network. Returns Peaks in grid
-    coordinates.
+    position is refined on the smoothed map (a smoothed Gaussian is still a Gaussian). Each
+    joint keeps its cfg.max_peaks_per_joint strongest peaks: enough for any crowd, and it
+    bounds the pair scoring, which grows with the square of the count, on the noisy maps of an
+    untrained network. Returns Peaks in grid coordinates.
     """
     maps = np.ascontiguousarray(np.asarray(heatmaps)[:, :, :NUM_JOINTS], dtype=np.float32)
     sigma = float(cfg.peak_smoothing if smoothing is None else smoothing)

@@ -10,14 +10,16 @@
     python benchmarks/bench_realtime.py --workdir /tmp/realtime # keep the models for the next run
 
 Every frame goes the real-time way, single scale and no flip: decode (cv2.VideoCapture.read),
-resize (inference.prepare_input: the frame resized with its aspect ratio kept, padded to exactly
-HEIGHT x WIDTH with the pad grey, BGR to RGB), network (runtimes.py's runtime.run of the batch
-of one), parse (inference.parse_image of the one scale's maps: fusion onto the fine grid,
-parsing.parse_poses, clipping) and track (tracking.Tracker.update at the frame's time, One-Euro
-smoothing included). The video is --video FILE (letterboxed into every size), else a synthetic
-one per size: people walking over a cluttered background (synthetic.walking_people and
-video_frames), --video_height rows (default 720, an HD camera) at the size's aspect ratio,
---video_frames long, written as an mp4v .mp4; it starts again at its end.
+resize (inference.prepare_input: the frame resized with its aspect ratio kept, by
+--input_interpolation, default area, then BGR to RGB, padded to exactly HEIGHT x WIDTH with the
+pad grey), network (runtimes.py's runtime.run of the batch of one), parse (inference.parse_image
+of the one scale's maps: fusion onto the fine grid, parsing.parse_poses, clipping;
+--fusion_upsample 1 parses the network's own grid) and track (tracking.Tracker.update at the
+frame's time, One-Euro smoothing included). The video is --video FILE (letterboxed into every
+size), else a synthetic one per size: people walking over a cluttered background
+(synthetic.walking_people and video_frames), --video_height rows (default 720, an HD camera) at
+the size's aspect ratio, --video_frames long, written as an mp4v .mp4; it starts again at its
+end.
 
 Networks have random weights (they run as fast as trained ones), or a trained checkpoint's
 (--checkpoints light=models/light/best.keras: the maps of a trained network, and so the
@@ -29,7 +31,9 @@ exported with export.py's functions: ONNX, LiteRT float32, OpenVINO float32 and 
 with openvino_precision bf16: f32 where the CPU has no bfloat16, which the row's ov_precision
 says) and openvino-int8. A runtime whose package is missing is skipped with a one-line note.
 Each --threads count runs in its own process (TensorFlow's pools are fixed when it starts):
-every runtime and OpenCV get that many threads.
+every runtime and OpenCV get that many threads. Like demo.py, a worker keeps the memory it frees
+(utils.retain_freed_memory; --no-retain_freed_memory leaves glibc's default), and the row's
+retained_memory says whether it did; benchmarks/bench_frame.py times both ways stage by stage.
 
 Per row: --warmup frames (2 at least: OpenVINO compiles a static model on a shape's second
 frame, runtimes.OpenVINORuntime), then up to --frames (per preset: "paper=10,light=100", or
@@ -186,6 +190,13 @@ def build_parser():
     add("--checkpoints", type=checkpoints_of, default={}, metavar="PRESET=PATH,...",
         help="trained checkpoints (train.py's best.keras) to run instead of random weights: "
              "their maps make parsing and tracking cost what they will behind a trained model")
+    add("--input_interpolation", choices=("area", "cubic", "linear"), default="area",
+        help="how frames are resized for the network (the config field; default area)")
+    add("--fusion_upsample", type=int, default=None,
+        help="the config field: the one scale's maps parsed on the network's grid made this "
+             "much finer (default: the preset's, 2; 1: the network's own grid)")
+    add("--retain_freed_memory", action=argparse.BooleanOptionalAction, default=True,
+        help="keep freed memory in the worker, as demo.py does (the config field; default on)")
     add("--video", metavar="FILE", help="a video file (default: a synthetic one per size)")
     add("--video_height", type=int, default=720, help="rows of the synthetic video (720)")
     add("--video_frames", type=int, default=120, help="frames of the synthetic video (120)")
@@ -389,12 +400,10 @@ class FramePlan:
         self.inference = inference
 
     def prepare(self, frame_bgr):
-        """The network's input (1, HEIGHT, WIDTH, 3) float32 RGB of a BGR frame. Resizing and
-        padding with grey commute with the channel swap, so it is done on the smaller image."""
-        import cv2
-
-        prepared = self.inference.prepare_input(frame_bgr, self.fitted, self.size, self.cfg)
-        return cv2.cvtColor(prepared, cv2.COLOR_BGR2RGB)[None]
+        """The network's input (1, HEIGHT, WIDTH, 3) float32 RGB of a BGR frame. Resizing
+        commutes with the channel swap, so it is done on the smaller image."""
+        return self.inference.prepare_input(frame_bgr, self.fitted, self.size, self.cfg,
+                                            reverse_channels=True)[None]
 
     def parse(self, heatmaps, pafs):
         """inference's Estimate of the network's (heatmaps, pafs) of one frame."""
@@ -644,6 +653,9 @@ def measure_runtime(spec, preset, name, path, weights):
     loaded = {count: runtimes.load(path, spec["threads"], ov_precision, count)
               for count in stream_counts}
     runtime, cfg = loaded[1]
+    cfg = dataclasses.replace(cfg, input_interpolation=spec["input_interpolation"])
+    if spec["fusion_upsample"] is not None:
+        cfg = dataclasses.replace(cfg, fusion_upsample=spec["fusion_upsample"])
     budget = (spec["warmup"][preset], spec["frames"][preset], spec["seconds"],
               spec["min_frames"][preset])
     for size, video in spec["videos"]:
@@ -658,7 +670,10 @@ def measure_runtime(spec, preset, name, path, weights):
             setting = {"preset": preset, "runtime": runtime_name, "precision": precision,
                        "threads": spec["threads"], "height": size[0], "width": size[1],
                        "maps": maps, "weights": weights,
-                       "ov_precision": getattr(runtime, "precision", None)}
+                       "ov_precision": getattr(runtime, "precision", None),
+                       "input_interpolation": cfg.input_interpolation,
+                       "fusion_upsample": cfg.fusion_upsample,
+                       "retained_memory": spec["retained"]}
             if "sequential" in spec["variants"]:
                 measured = run_sequential(runtime, plan, video, oracle, budget)
                 yield row_of(dict(setting, streams=1), *measured, False)
@@ -674,6 +689,9 @@ def worker(spec_path):
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     threads = spec["threads"]
+    import utils
+
+    spec["retained"] = bool(spec["retain_freed_memory"] and utils.retain_freed_memory())
     import cv2
     from tqdm import tqdm
 
@@ -775,6 +793,9 @@ def run_worker(args, threads, models, video_paths, folder):
             "warmup": args.warmup, "frames": args.frames, "seconds": args.seconds,
             "min_frames": args.min_frames, "variants": args.variants, "maps": args.maps,
             "queue": args.queue, "streams": args.streams,
+            "input_interpolation": args.input_interpolation,
+            "retain_freed_memory": args.retain_freed_memory,
+            "fusion_upsample": args.fusion_upsample,
             "out": os.path.join(folder, f"rows_{threads}.json")}
     spec_path = os.path.join(folder, f"spec_{threads}.json")
     with open(spec_path, "w", encoding="utf-8") as handle:

@@ -124,11 +124,15 @@ def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkey
     person = one_person(size=40)
     monkeypatch.setattr(parsing, "parse_poses",
                         lambda *args, **kwargs: (person.copy(), np.ones(1, np.float32)))
+    import utils
+
+    retained = []  # demo keeps freed memory by default (retain_freed_memory)
+    monkeypatch.setattr(utils, "retain_freed_memory", lambda: retained.append(True) or True)
     out = tmp_path / "out" / "predictions.json"
     status = demo.main(["--model", checkpoint, "--image", str(tmp_path), "--json", str(out),
                         "--show-maps", "right_elbow-right_wrist", "--flip"])
     captured = capsys.readouterr()
-    assert status == 0
+    assert status == 0 and retained == [True]
     assert "skipped:" in captured.err and "broken.jpg" in captured.err
     assert (tmp_path / "good_pose.png").is_file()
     assert (tmp_path / "good_maps_right_elbow-right_wrist.jpg").is_file()
@@ -142,6 +146,17 @@ def test_images_with_json_output_and_a_skipped_file(checkpoint, tmp_path, monkey
     # Sub-pixel coordinates, as parsed (one_person(40): x of joint 0 = 0.1 * 40).
     assert values[0:2] == [round(float(person[0, 0, 0]), 2), round(float(person[0, 0, 1]), 2)]
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_demo_leaves_glibcs_memory_default_when_told_to(checkpoint, tmp_path, monkeypatch):
+    import utils
+
+    write_image(tmp_path / "one.png")
+    called = []
+    monkeypatch.setattr(utils, "retain_freed_memory", lambda: called.append(True) or True)
+    assert demo.main(["--model", checkpoint, "--image", str(tmp_path),
+                      "--retain_freed_memory", "false"]) == 0
+    assert (tmp_path / "one_pose.png").is_file() and called == []
 
 
 def test_a_checkpoint_built_for_another_config_is_reported(checkpoint, tmp_path, capsys):

@@ -126,6 +126,18 @@ def test_model_mode_writes_submission_and_scores(fake_model_mode, tmp_path, caps
     assert result["score"] == pytest.approx(0.75) and result["missing_images"] == 1
 
 
+@pytest.mark.parametrize("flag, calls", [([], 1), (["--retain_freed_memory", "false"], 0)])
+def test_model_mode_keeps_freed_memory_unless_told_not_to(fake_model_mode, tmp_path,
+                                                          monkeypatch, capsys, flag, calls):
+    called = []
+    monkeypatch.setattr(evaluate.utils, "retain_freed_memory",
+                        lambda: called.append(True) or True)
+    assert evaluate.main(["--model", "ckpt.keras", "--images", str(fake_model_mode), "--ref",
+                          REFERENCE_SMALL, "--out", str(tmp_path / "pred.json"), "--json",
+                          "--no_progress", "--min_parts", "2", *flag]) == 0
+    assert len(called) == calls
+
+
 @pytest.mark.parametrize("option", ["--out", "--json_out"])
 def test_an_unwritable_output_fails_before_any_work(fake_model_mode, tmp_path, monkeypatch,
                                                    capsys, option):

@@ -371,6 +371,57 @@ def test_resample_spreads_an_impulse_with_opencvs_cubic_kernel():
                                atol=1e-6)
 
 
+def test_fuse_scales_averages_heatmaps_and_pafs_apart_into_contiguous_maps(cfg):
+    # Two scales of constant maps (1 and 3 on a stride-4 grid of the image, 2x the first's
+    # grid for the second): their mean is 2 on every fusion cell, heatmaps and PAFs alike.
+    grid = inference.FusionGrid((16, 12), 2.0, (1.0, 1.0))
+    scales = [inference.ScaleMaps(np.full((8, 6, NUM_HEATMAPS), value, np.float32),
+                                  np.full((8, 6, NUM_PAFS), -value, np.float32), (factor,) * 2)
+              for value, factor in ((1.0, 1.0), (3.0, 2.0))]
+    scales[1] = scales[1]._replace(heatmaps=np.full((16, 12, NUM_HEATMAPS), 3.0, np.float32),
+                                   pafs=np.full((16, 12, NUM_PAFS), -3.0, np.float32))
+    heatmaps, pafs = inference.fuse_scales(scales, grid, cfg)
+    assert heatmaps.shape == (16, 12, NUM_HEATMAPS) and pafs.shape == (16, 12, NUM_PAFS)
+    assert heatmaps.flags["C_CONTIGUOUS"] and pafs.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(heatmaps, 2.0, atol=1e-6)
+    np.testing.assert_allclose(pafs, -2.0, atol=1e-6)
+    # One scale is that scale's resampled maps themselves.
+    alone, _ = inference.fuse_scales(scales[:1], grid, cfg)
+    np.testing.assert_array_equal(alone, inference.resample(scales[0].heatmaps, grid,
+                                                            (1.0, 1.0), cfg.stride))
+
+
+@pytest.mark.parametrize("name, shrinking, flag", [
+    ("area", True, cv2.INTER_AREA), ("area", False, cv2.INTER_CUBIC),
+    ("cubic", True, cv2.INTER_CUBIC), ("linear", False, cv2.INTER_LINEAR)])
+def test_input_interpolation_names_opencvs_flag(name, shrinking, flag):
+    assert inference.resize_interpolation(name, shrinking) == flag
+
+
+def test_an_unknown_input_interpolation_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match="'lanczos': choose from area, cubic, linear"):
+        inference.resize_interpolation("lanczos", True)
+
+
+@pytest.mark.parametrize("interpolation", ["area", "cubic", "linear"])
+def test_prepare_input_resizes_pads_and_swaps_a_bgr_frame(cfg, interpolation):
+    # A 4 x 6 frame, BGR (10, 20, 30) on its left half and (50, 60, 70) on its right, halved
+    # into 2 x 3 and padded to 2 x 4: area averages 2 x 2 blocks, so column 1 mixes the
+    # halves; every method keeps the outer columns' colours; the padding is the grey.
+    cfg.input_interpolation, cfg.pad_value = interpolation, 128
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[:, :3], frame[:, 3:] = (10, 20, 30), (50, 60, 70)
+    rgb = inference.prepare_input(frame, (2, 3), (2, 4), cfg, reverse_channels=True)
+    assert rgb.shape == (2, 4, 3) and rgb.dtype == np.float32
+    np.testing.assert_array_equal(rgb[:, 0], [[30, 20, 10]] * 2)
+    np.testing.assert_array_equal(rgb[:, 2], [[70, 60, 50]] * 2)
+    np.testing.assert_array_equal(rgb[:, 3], 128)
+    if interpolation == "area":
+        np.testing.assert_array_equal(rgb[:, 1], [[50, 40, 30]] * 2)
+    bgr = inference.prepare_input(frame, (2, 3), (2, 4), cfg)
+    np.testing.assert_array_equal(bgr, rgb[:, :, ::-1])
+
+
 def test_fusion_grid_and_mapping_by_hand(cfg):
     cfg.inference_height, cfg.scales, cfg.peak_smoothing = 160, (1.0, 1.5, 2.0), 0.5
     grid = inference.fusion_grid(400, 300, cfg)  # 2x: 320 x 240 input pixels, stride 4 / 2

@@ -1,7 +1,8 @@
-"""Tests for utils.py: atomic writes, output checks, image reading, threads in order."""
+"""Tests for utils.py: atomic writes, output checks, image reading, threads in order, memory."""
 
 import errno
 import os
+import sys
 import time
 
 import cv2
@@ -142,3 +143,30 @@ def test_strict_decode_catches_a_damaged_jpeg_with_an_intact_end_marker(tmp_path
     with open(good, "wb") as handle:
         handle.write(jpeg_bytes())
     assert utils.decode_image(good, strict=True).shape == (120, 160, 3)
+
+
+def test_retain_freed_memory_takes_effect_under_glibc_and_is_a_no_op_elsewhere(monkeypatch):
+    import platform
+
+    # On Linux with glibc, mallopt accepts both settings (the threshold is glibc's largest).
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert utils.retain_freed_memory() is expected
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert utils.retain_freed_memory() is False
+
+
+def test_retain_freed_memory_reports_a_setting_glibc_refused(monkeypatch):
+    import ctypes
+
+    refused = []
+
+    class Libc:
+        @staticmethod
+        def mallopt(parameter, value):
+            refused.append((parameter, value))
+            return 0  # glibc's answer to a value out of range
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    assert utils.retain_freed_memory() is False
+    assert refused == [(-3, 32 << 20)]  # M_MMAP_THRESHOLD asked first; the trim is not tried
