@@ -326,27 +326,24 @@ def fuse_scales(per_scale, grid, cfg, interpolation=cv2.INTER_CUBIC):
     """The mean of one image's ScaleMaps on `grid`: (heatmaps (rows, cols, NUM_HEATMAPS),
     pafs (rows, cols, NUM_PAFS)) float32, each scale resampled by `interpolation` (cubic, as
     the original's cv2.resize)."""
-    heatmaps = _mean_resampled([maps.heatmaps for maps in per_scale], per_scale, grid, cfg,
-                               interpolation)
-    pafs = _mean_resampled([maps.pafs for maps in per_scale], per_scale, grid, cfg,
-                           interpolation)
-    return heatmaps, pafs
+    return (_mean_resampled(per_scale, "heatmaps", grid, cfg, interpolation),
+            _mean_resampled(per_scale, "pafs", grid, cfg, interpolation))
 
 
-def _mean_resampled(arrays, per_scale, grid, cfg, interpolation):
-    """The mean over scales of arrays[i] (one kind of map of per_scale[i]) on `grid`.
+def _mean_resampled(per_scale, kind, grid, cfg, interpolation):
+    """The mean over scales of their `kind` maps ("heatmaps" or "pafs") on `grid`.
 
     Heatmaps and PAFs are resampled apart, so there is no joined array to make and split again
     into two contiguous copies.
     """
     total = None
-    for array, maps in zip(arrays, per_scale):
-        resampled = resample(array, grid, maps.factors, cfg.stride, interpolation)
+    for maps in per_scale:
+        resampled = resample(getattr(maps, kind), grid, maps.factors, cfg.stride, interpolation)
         # The first scale's own array is the sum (no zeros to add to): the same floats, and
         # a single scale, the real-time setting, costs no sum or division at all.
         total = resampled if total is None else np.add(total, resampled, out=total)
-    if len(arrays) > 1:
-        total /= len(arrays)
+    if len(per_scale) > 1:
+        total /= len(per_scale)
     return np.ascontiguousarray(total)
 
 

@@ -28,6 +28,17 @@ def load_pre_process():
     return module
 
 
+def load_benchmark(monkeypatch, name):
+    """benchmarks/<name>.py as a module; it imports its siblings (common.py, other benchmarks)
+    as it does when run as a script, so benchmarks/ goes on sys.path for the test."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name,
+                                                  os.path.join(ROOT, "benchmarks", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class SimulatedKill(BaseException):
     """Stands for SIGKILL: no `except Exception` of the code under test catches it."""
 

@@ -1,22 +1,14 @@
 """Tests of benchmarks/bench_frame.py: its stages are parse_image's work, and its medians."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 def load_bench(monkeypatch):
-    # The benchmark imports its siblings (common.py, bench_realtime.py), as when run as a script.
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    path = os.path.join(ROOT, "benchmarks", "bench_frame.py")
-    spec = importlib.util.spec_from_file_location("bench_frame", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(monkeypatch, "bench_frame")
 
 
 def test_a_round_times_every_stage_and_finds_the_people_parse_image_finds(monkeypatch,

@@ -1,20 +1,12 @@
 """Tests of benchmarks/bench_realtime.py's pipelining helpers (its figures are benchmarks)."""
 
-import importlib.util
-import os
 import queue
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 def load_bench(monkeypatch):
-    # The benchmark imports its sibling benchmarks/common.py, as it does when run as a script.
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    path = os.path.join(ROOT, "benchmarks", "bench_realtime.py")
-    spec = importlib.util.spec_from_file_location("bench_realtime", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(monkeypatch, "bench_realtime")
 
 
 def test_frames_from_streams_that_finish_out_of_order_come_back_in_order(monkeypatch):
