@@ -7,6 +7,7 @@ non-finite step writes no checkpoint), then the budget, the checkpoints, then th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -25,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import utils  # noqa: E402
 from checkpoints import (_all_finite, check_free_space, read_run_state, save_checkpoint,
                          save_network)
-from trainer import largest_over_workers
+from trainer import averaged_weights, largest_over_workers
 from config import NUM_JOINTS
 
 LOGGER = logging.getLogger("train")
@@ -184,8 +185,9 @@ class Checkpointer(keras.callbacks.Callback):
         improved = np.isfinite(value) and value < self.state.best_loss
         if improved:
             self.state.best_loss = value
-            save_network(self.model.network, os.path.join(self.model_dir, "best.keras"),
-                         self.cfg)
+            with averaged_weights(self.model):
+                save_network(self.model.network, os.path.join(self.model_dir, "best.keras"),
+                             self.cfg)
         if self.state.step % self.steps_per_epoch == 0:  # only whole epochs count
             self._plateau(improved)
         save_checkpoint(self.model, self.state, self.model_dir, self.cfg)
@@ -204,6 +206,21 @@ class Checkpointer(keras.callbacks.Callback):
         if 0 < patience <= self.state.epochs_without_improvement:
             self.state.stop_reason = "early_stopping"
             self.model.stop_training = True
+
+class AveragedValidation(keras.callbacks.Callback):
+    """Validation measures the averaged weights (cfg.ema_momentum), the ones that best.keras
+    and last.keras keep, so that the best checkpoint is chosen on what is saved."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = contextlib.ExitStack()
+
+    def on_test_begin(self, logs=None):
+        self.block.enter_context(averaged_weights(self.model))
+
+    def on_test_end(self, logs=None):
+        self.block.close()
+
 
 class LearningRateLogger(keras.callbacks.Callback):
     """Puts the current learning rate into the epoch logs (CSV and TensorBoard)."""
@@ -257,6 +274,7 @@ def make_callbacks(run, monitor, samples):
                    cfg.lr_anneal_fraction),
         Checkpointer(cfg, state, run.write_model_dir, run.schedule, run.steps_per_epoch,
                      monitor),
+        *([AveragedValidation()] if cfg.ema_momentum > 0.0 else []),
         LearningRateLogger(),
         keras.callbacks.CSVLogger(os.path.join(run.write_log_dir, "training.csv"),
                                   append=True),

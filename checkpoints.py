@@ -3,6 +3,8 @@
     models/<run>/last.keras      the network after the last checkpoint (Functional, no optimiser,
                                  the run's config stored inside: model.embed_config)
     models/<run>/best.keras      the network with the lowest validation loss so far
+                                 (last.keras and best.keras hold the averaged weights when
+                                 ema_momentum is on; the state file holds both)
     models/<run>/state-<step>.weights.h5  network + optimiser state for --resume
     models/<run>/last.json       epoch, step, best loss, plateau state and the state file; it is
                                  written last, atomically, so it always names a complete state
@@ -27,6 +29,7 @@ import numpy as np
 
 import model as model_module
 import utils
+from trainer import averaged_weights
 
 LOGGER = logging.getLogger("train")
 SIDECAR_NAME = "last.json"
@@ -127,7 +130,8 @@ def save_checkpoint(trainer, state, model_dir, cfg):
     try:
         with _quiet_saving(), utils.atomic_path(os.path.join(model_dir, state_file)) as path:
             trainer.save_weights(path)
-        save_network(trainer.network, os.path.join(model_dir, "last.keras"), cfg)
+        with averaged_weights(trainer):
+            save_network(trainer.network, os.path.join(model_dir, "last.keras"), cfg)
         values = dataclasses.asdict(dataclasses.replace(state, state_file=state_file))
         values["best_loss"] = values["best_loss"] if math.isfinite(values["best_loss"]) else None
         utils.atomic_write_json(os.path.join(model_dir, SIDECAR_NAME), values, indent=2)

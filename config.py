@@ -252,6 +252,10 @@ class Config:
     # Of that time budget, the last fraction over which the learning rate falls linearly to
     # zero (0: off, the paper's step schedule alone). See callbacks.anneal_factor.
     lr_anneal_fraction: float = training(0.0)
+    # Polyak averaging of the weights: after every step the average moves (1 - m) of the way to
+    # the weights. Validation, best.keras and last.keras use the average; training goes on
+    # from the weights (0: off, as the original). See trainer.averaged_weights.
+    ema_momentum: float = training_state(0.0)
     # Epochs without improvement before stopping; 0 is off.
     early_stopping_patience: int = training(0)
     reduce_lr_patience: int = training(0)  # Epochs without improvement before lr/3; 0 is off.

@@ -28,6 +28,7 @@ Distribution (--strategy auto|mirrored|multiworker; see make_strategy)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -201,6 +202,12 @@ def make_optimizer(cfg, schedule):
         raise ValueError(f"optimizer must be one of {sorted(bases)}, got {cfg.optimizer!r}")
 
     class WithLearningRateMultipliers(bases[name]):
+        def finalize_variable_values(self, var_list):
+            # Keras would write the averages into the weights at the end of every fit call;
+            # train.py calls fit once per phase and must go on from the weights themselves.
+            # The saved networks get the averages through averaged_weights instead.
+            pass
+
         def build(self, variables):
             super().build(variables)
             self.lr_factors = [learning_rate_factor(variable, cfg) for variable in variables]
@@ -211,15 +218,53 @@ def make_optimizer(cfg, schedule):
                 learning_rate = learning_rate * factor
             return super().update_step(gradient, variable, learning_rate)
 
+    if not 0.0 <= cfg.ema_momentum < 1.0:
+        raise ValueError(f"ema_momentum must be in [0, 1), got {cfg.ema_momentum}")
+    averaging = dict(use_ema=cfg.ema_momentum > 0.0,
+                     ema_momentum=cfg.ema_momentum if cfg.ema_momentum > 0.0 else 0.99)
     if name == "sgd":
-        optimizer = WithLearningRateMultipliers(learning_rate=schedule, momentum=cfg.momentum)
+        optimizer = WithLearningRateMultipliers(learning_rate=schedule, momentum=cfg.momentum,
+                                                **averaging)
     elif name == "adam":
-        optimizer = WithLearningRateMultipliers(learning_rate=schedule)
+        optimizer = WithLearningRateMultipliers(learning_rate=schedule, **averaging)
     else:
         optimizer = WithLearningRateMultipliers(learning_rate=schedule,
-                                                weight_decay=cfg.weight_decay)
+                                                weight_decay=cfg.weight_decay, **averaging)
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     return optimizer
+
+
+def _averaging_optimizer(trainer):
+    """The optimiser that holds the weight averages (inside a loss-scale one), or None."""
+    optimizer = getattr(trainer, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        return None
+    return optimizer
+
+
+@contextlib.contextmanager
+def averaged_weights(trainer):
+    """Within the block the network's trainable weights are the optimiser's averages of them
+    (cfg.ema_momentum); after it, the weights training goes on from. Without averaging, or
+    before the first step, the block leaves the weights alone.
+
+    The weights are copied out and back rather than swapped by arithmetic, so they come back
+    bit for bit.
+    """
+    optimizer = _averaging_optimizer(trainer)
+    if optimizer is None or int(optimizer.iterations.numpy()) == 0:
+        yield
+        return
+    variables = optimizer._trainable_variables
+    saved = [variable.numpy() for variable in variables]
+    for variable, average in zip(variables, optimizer._model_variables_moving_average):
+        variable.assign(average)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
 
 
 def make_trainer(cfg, network):

@@ -13,6 +13,7 @@ import sys
 import time
 
 import cv2
+import keras
 import numpy as np
 import pytest
 
@@ -179,6 +180,67 @@ def test_anneal_factor_falls_linearly_to_zero_over_the_budgets_end():
     factors = [callbacks.anneal_factor(f, 0.5) for f in (0.0, 0.5, 0.75, 0.9, 1.0, 1.2)]
     np.testing.assert_allclose(factors, [1.0, 1.0, 0.5, 0.2, 0.0, 0.0], atol=1e-12)
     assert callbacks.anneal_factor(0.99, 0.0) == 1.0  # off
+
+
+class WeightsAfterEachStep(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([v.numpy().copy() for v in self.model.network.trainable_variables])
+
+
+def test_weight_averages_follow_the_momentum_and_swap_in_and_out_exactly(tmp_path):
+    cfg = tiny_config(tmp_path, optimizer="adam", learning_rate=1e-2, ema_momentum=0.75)
+    trainer, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
+    recorder = WeightsAfterEachStep()
+    trainer.fit(dataset.synthetic_dataset(cfg, "train", True, batches=3), epochs=1,
+                steps_per_epoch=3, verbose=0, shuffle=False, callbacks=[recorder])
+    # The first step copies the weights; each later one moves a quarter of the way to them.
+    first, second, third = recorder.steps
+    expected = [0.75 * (0.75 * a + 0.25 * b) + 0.25 * c for a, b, c in zip(first, second, third)]
+    variables = trainer.network.trainable_variables
+    # Keras' fit would have written the averages into the weights at its end; they stay.
+    for variable, value in zip(variables, third):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    with trainer_module.averaged_weights(trainer):
+        for variable, value in zip(variables, expected):
+            np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-7)
+        assert not np.array_equal(variables[0].numpy(), third[0])
+    for variable, value in zip(variables, third):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    with pytest.raises(ValueError, match="ema_momentum"):
+        trainer_module.make_optimizer(dataclasses.replace(cfg, ema_momentum=1.0), 0.1)
+
+
+def test_averaging_off_leaves_the_weights_in_the_block(tmp_path):
+    cfg = tiny_config(tmp_path, optimizer="adam")
+    trainer, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
+    trainer.fit(dataset.synthetic_dataset(cfg, "train", True, batches=1), epochs=1,
+                steps_per_epoch=1, verbose=0, shuffle=False)
+    before = [v.numpy() for v in trainer.network.trainable_variables]
+    with trainer_module.averaged_weights(trainer):
+        after = [v.numpy() for v in trainer.network.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_saved_networks_hold_the_averages_and_the_state_file_the_weights(tmp_path):
+    cfg = tiny_config(tmp_path, optimizer="adam", learning_rate=1e-2, ema_momentum=0.9,
+                      steps_per_epoch=3, epochs=1)
+    summary = train.main(cfg, dataset_fn=dataset.synthetic_dataset)
+    assert summary["step"] == 3
+    model_dir, _ = config.run_directories(cfg)
+    restored, _ = trainer_module.make_trainer(cfg, model.build_model(cfg))
+    checkpoints.restore_checkpoint(restored, checkpoints.read_run_state(model_dir), model_dir)
+    weights = [v.numpy() for v in restored.network.trainable_variables]
+    with trainer_module.averaged_weights(restored):
+        averages = [v.numpy() for v in restored.network.trainable_variables]
+    assert not np.array_equal(weights[0], averages[0])
+    for name in ("last.keras", "best.keras"):
+        saved, _ = model.load_checkpoint(os.path.join(model_dir, name))
+        for variable, average in zip(saved.trainable_variables, averages):
+            np.testing.assert_array_equal(variable.numpy(), average)
 
 
 def test_time_budget_anneals_the_schedule_and_then_stops(tmp_path, monkeypatch):
