@@ -16,6 +16,11 @@ Optimiser
     so it goes through momentum and the multipliers exactly like Caffe's decay); biases are not
     decayed (Caffe's decay_mult 0). AdamW uses its own decoupled decay, again on kernels only.
 
+Weight averaging (--ema_momentum, off by default)
+    Keras' use_ema keeps a moving average of the weights inside the compiled step; training
+    goes on from the weights, and averaged_weights puts the average in for validation and the
+    saved networks (callbacks.AveragedValidation, checkpoints.save_checkpoint).
+
 NaN guard
     A step whose loss or gradients are not finite is not applied (its gradients are zeroed) and
     flags the trainer, so that callbacks.NanGuard stops the run (with mixed float16 the
