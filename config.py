@@ -286,6 +286,10 @@ class Config:
     # Strongest candidates kept per joint (bounds noisy maps).
     max_peaks_per_joint: int = inference(32)
     paf_threshold: float = inference(0.05)  # Minimum PAF alignment of a sample point.
+    # Shortest limb joined, in cells of the 1x network grid (0: any length above zero, the
+    # original). A net that puts a second joint's peak on the first (wrists on elbows) would
+    # otherwise join the pair as a limb of no length, whose PAF integral is of its start cell.
+    min_limb_length: float = inference(0.0)
     paf_samples: int = inference(10)  # Points sampled along a candidate limb.
     # Fraction of sample points that must pass paf_threshold.
     paf_min_fraction: float = inference(0.8)
@@ -423,6 +427,15 @@ PRESETS = {
         # The small network's maps hold weak duplicate people (left/right confusions) that the
         # fine fusion grid resolves; dropping people below 0.6 scored best (docs/benchmarks.md).
         min_person_score=0.6,
+        # The small network's wrist channel also peaks on the elbows, and its PAFs are faint:
+        # limbs shorter than one cell are refused, and a limb is accepted on half of its samples
+        # pointing along it at all, from peaks above 0.05. Quick-start mAP 0.5650 and 0.6459
+        # against 0.4941 and 0.5183 (two training seeds; 0.5550 and 0.6455 against 0.4988 and
+        # 0.5237 on a synthetic set of another seed, docs/benchmarks.md).
+        min_limb_length=1.0,
+        peak_threshold=0.05,
+        paf_threshold=0.0,
+        paf_min_fraction=0.5,
     ),
 }
 
@@ -456,6 +469,9 @@ PRESETS["light"] = dict(
     # Not under XLA: its depthwise convolutions train 4x slower there on a CPU (1.95 against
     # 7.86 images/s, benchmarks/bench_train.py --presets light --jit_compile).
     jit_compile=False,
+    # cpu's shortest limb in input pixels (4): half of this grid's 8-pixel cells. A whole cell
+    # costs 0.044 oracle mAP on the real annotations' small people, half a cell 0.006.
+    min_limb_length=0.5,
 )
 
 

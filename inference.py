@@ -288,14 +288,16 @@ def grid_mapping(grid, height, cfg):
     stride, scale and offset take grid coordinates to original pixels with cv2.resize's
     pixel-centre convention (x_input + 0.5 = (x_original + 0.5) * factor). smoothing is
     cfg.peak_smoothing cells of the 1x network grid expressed in cells of this grid, so that
-    the same number of pixels is smoothed whatever grid the maps are fused on.
+    the same number of pixels is smoothed whatever grid the maps are fused on; min_limb_length
+    is cfg.min_limb_length converted the same way.
     """
     factor_x, factor_y = grid.factors
     base_cell = cfg.stride * height / max(int(round(cfg.inference_height)), 1)
     cell = grid.stride / factor_y
     return {"stride": grid.stride, "scale": (factor_x, factor_y),
             "offset": (0.5 * factor_x - 0.5, 0.5 * factor_y - 0.5),
-            "smoothing": float(cfg.peak_smoothing) * base_cell / cell}
+            "smoothing": float(cfg.peak_smoothing) * base_cell / cell,
+            "min_limb_length": float(cfg.min_limb_length) * base_cell / cell}
 
 
 def resample(maps, grid, factors, stride, interpolation=cv2.INTER_CUBIC):
@@ -466,7 +468,8 @@ def predict_maps(model, image_rgb, cfg):
     ratio), pads it (padded_size) with cfg.pad_value grey, runs the model, and its last-stage
     maps are resampled onto the fusion grid. Returns (heatmaps (rows, cols, NUM_HEATMAPS),
     pafs (rows, cols, NUM_PAFS), mapping) where mapping = {"stride", "scale", "offset",
-    "smoothing"} are the keyword arguments of parse_poses (the first three: grid_to_pixels').
+    "smoothing", "min_limb_length"} are the keyword arguments of parse_poses (the first three:
+    grid_to_pixels').
     """
     return predict_maps_batch(model, [image_rgb], cfg)[0]
 

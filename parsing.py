@@ -268,7 +268,7 @@ def passes_sample_rule(passing, samples, cfg):
                      f"{cfg.limb_acceptance!r}")
 
 
-def score_limbs(peaks, pafs, cfg, image_height=None):
+def score_limbs(peaks, pafs, cfg, image_height=None, min_length=None):
     """Score every candidate pair of every limb at once by the PAF line integral.
 
     pafs: (rows, cols, NUM_PAFS) grid maps. For each pair, cfg.paf_samples points from joint a
@@ -276,7 +276,9 @@ def score_limbs(peaks, pafs, cfg, image_height=None):
     vector. A pair is kept when enough samples exceed cfg.paf_threshold (see
     passes_sample_rule) and mean + min(0.5 * image_height / length - 1, 0) > 0 (the paper's
     prior against limbs longer than half the image). The ratio is scale-free, so both are in
-    grid cells; image_height defaults to the number of grid rows. Returns Connections.
+    grid cells; image_height defaults to the number of grid rows. A pair must also be longer
+    than min_length grid cells (default cfg.min_limb_length; maps on a finer grid than the
+    network's pass a larger one, see inference.grid_mapping). Returns Connections.
     """
     limb, index_a, index_b = _candidate_pairs(peaks)
     start_xy = peaks.xy[index_a]
@@ -292,7 +294,8 @@ def score_limbs(peaks, pafs, cfg, image_height=None):
     score = alignment.mean(axis=1) + prior if len(limb) else np.zeros(0)
     passing = (alignment > cfg.paf_threshold).sum(axis=1)
     accepted = passes_sample_rule(passing, alignment.shape[1], cfg)
-    keep = np.nonzero(accepted & (score > 0) & (length > 0))[0]
+    shortest = float(cfg.min_limb_length if min_length is None else min_length)
+    keep = np.nonzero(accepted & (score > 0) & (length > max(shortest, 0.0)))[0]
     keep = keep[np.lexsort((-score[keep], limb[keep]))]
     return Connections(limb[keep], index_a[keep], index_b[keep], score[keep])
 
@@ -575,21 +578,23 @@ def people_from_members(peaks, members, stride, scale=(1.0, 1.0), offset=(0.0, 0
 
 
 def parse_poses(heatmaps, pafs, cfg, stride=None, scale=(1.0, 1.0), offset=(0.0, 0.0),
-                image_height=None, smoothing=None):
+                image_height=None, smoothing=None, min_limb_length=None):
     """Grid maps -> people in original-image pixels.
 
     heatmaps (rows, cols, NUM_HEATMAPS), pafs (rows, cols, NUM_PAFS); stride defaults to
     cfg.stride; scale = (sx, sy) resize factor original -> network input; offset in
     network-input pixels (see grid_to_pixels); image_height in grid cells (default: rows);
-    smoothing: peak smoothing sigma in cells of these maps (default cfg.peak_smoothing).
+    smoothing: peak smoothing sigma in cells of these maps (default cfg.peak_smoothing);
+    min_limb_length: the shortest limb joined, in cells of these maps (default
+    cfg.min_limb_length).
     Returns (people float32 (N, NUM_JOINTS, 3) of (x, y, score), all zero for missing joints;
     person_scores float32 (N,)), best person first. Raises ValueError on bad shapes or NaN/inf.
     """
     check_maps(heatmaps, pafs)
     pafs = np.asarray(pafs, dtype=np.float32)
     peaks = find_peaks(heatmaps, cfg, smoothing)
-    connections = match_limbs(score_limbs(peaks, pafs, cfg, image_height), peaks,
-                              cfg.limb_matching)
+    connections = match_limbs(score_limbs(peaks, pafs, cfg, image_height, min_limb_length),
+                              peaks, cfg.limb_matching)
     members, scores = assemble_people(peaks, connections, cfg)
     people = people_from_members(peaks, members, cfg.stride if stride is None else stride,
                                  scale, offset)

@@ -100,8 +100,9 @@ def timed_frame(plan, frame, maps, tracker, index):
     parsing.check_maps(heatmaps, pafs)
     peaks = parsing.find_peaks(heatmaps, plan.cfg, mapping["smoothing"])
     seconds["peaks"], started = clock() - started, clock()
-    connections = parsing.match_limbs(parsing.score_limbs(peaks, pafs, plan.cfg), peaks,
-                                      plan.cfg.limb_matching)
+    candidates = parsing.score_limbs(peaks, pafs, plan.cfg,
+                                     min_length=mapping["min_limb_length"])
+    connections = parsing.match_limbs(candidates, peaks, plan.cfg.limb_matching)
     seconds["limbs"], started = clock() - started, clock()
     members, _ = parsing.assemble_people(peaks, connections, plan.cfg)
     people = parsing.people_from_members(peaks, members, mapping["stride"], mapping["scale"],

@@ -49,6 +49,7 @@ ABLATIONS = (
     ("no fragment joining", {"fragment_join_ratio": 0.0}),
     ("peak_smoothing 0", {"peak_smoothing": 0.0}),
     ("peak_smoothing 1", {"peak_smoothing": 1.0}),
+    ("min_limb_length 1", {"min_limb_length": 1.0}),
     ("limbs: >= 8 of 10", {"limb_acceptance": "at_least"}),
     ("limbs: > 8 of 10", {"limb_acceptance": "more_than"}),
     ("integer output", {"integer_output": True}),
@@ -190,7 +191,7 @@ def main(argv=None):
     print_report(cfg, result, timing, render_ms, ablations, ceiling)
     parser_settings = {name: getattr(cfg, name) for name in (
         "peak_threshold", "peak_smoothing", "paf_threshold", "paf_samples", "paf_min_fraction",
-        "min_parts", "min_person_score", "limb_matching", "fragment_join_ratio",
+        "min_limb_length", "min_parts", "min_person_score", "limb_matching", "fragment_join_ratio",
         "max_peaks_per_joint", "limb_acceptance", "integer_output")}
     print(json.dumps({
         "oracle_map": round(result["score"], 6), "goal_map": 0.98,

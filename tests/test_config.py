@@ -50,6 +50,9 @@ def test_paper_preset_is_the_default_config():
     assert paper == Config(preset="paper")
     assert (paper.input_size, paper.stride, paper.stages) == (368, 8, 6)
     assert paper.learning_rate == 4e-5 and paper.momentum == 0.9 and paper.weight_decay == 5e-4
+    # The original's parser thresholds: peaks above 0.1, limbs of any length above zero whose
+    # samples pass 0.05.
+    assert (paper.peak_threshold, paper.paf_threshold, paper.min_limb_length) == (0.1, 0.05, 0)
 
 
 def test_cpu_preset_overrides_only_known_fields():
@@ -139,11 +142,14 @@ def test_light_preset_is_osokins_network_with_the_cpu_recipe():
     assert (light.stage1_kernel, light.stage_kernel, light.cpm_channels) == (3, 3, (128, 128))
     assert light.input_normalization == "mobilenet" and light.batch_norm
     # Like cpu it trains from scratch offline; everything but the architecture is cpu's, but
-    # XLA, which slows its depthwise convolutions down.
+    # XLA, which slows its depthwise convolutions down, and the shortest limb, which is the
+    # same 4 input pixels in its twice as coarse grid.
     assert light.backbone_weights == "none"
     assert cpu.jit_compile and not light.jit_compile
+    assert light.min_limb_length * light.stride == cpu.min_limb_length * cpu.stride == 4.0
     for name in config.fields_with_role(*(set(config.ROLES) - {config.ARCHITECTURE})):
-        assert getattr(light, name) == getattr(cpu, name) or name == "jit_compile", name
+        assert (getattr(light, name) == getattr(cpu, name)
+                or name in ("jit_compile", "min_limb_length")), name
     assert light.input_size % light.stride == 0
     assert Config().network == "openpose" and config.make_config("cpu").network == "openpose"
 

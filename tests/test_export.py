@@ -76,8 +76,8 @@ def test_the_sidecar_holds_what_a_runtime_needs_to_parse(tiny_exports):
     assert values["outputs"] == {"heatmaps": config.NUM_HEATMAPS, "pafs": config.NUM_PAFS}
     _, cfg = runtimes.read_sidecar(path)
     # The run's config with the inference setting given to export.py on top.
-    assert saved.peak_threshold != 0.05
-    assert cfg == dataclasses.replace(saved, peak_threshold=0.05)
+    assert saved.peak_threshold != 0.07
+    assert cfg == dataclasses.replace(saved, peak_threshold=0.07)
 
 
 def test_litert_files_shrink_with_quantization_and_run_any_shape(tiny_exports, keras_maps):

@@ -201,6 +201,8 @@ def test_optimal_matching_untangles_forearms_that_fool_greedy_matching(cfg):
     people[1, 4], people[1, 5] = (8.27, 9.23, 1), (12.09, 8.88, 1)
     heatmaps, pafs = draw_maps(people, 16, 18)
     cfg.peak_smoothing = 0.0
+    # The original's limb rule (the paper preset's): 8 of 10 samples above 0.05.
+    cfg.paf_threshold, cfg.paf_min_fraction = 0.05, 0.8
     peaks = parsing.find_peaks(heatmaps, cfg)
     candidates = parsing.score_limbs(peaks, pafs, cfg)
 
@@ -273,12 +275,27 @@ def limb_candidate(passing_samples):
 ])
 def test_limb_acceptance_rules_count_samples_like_the_original(cfg, passing, rule, accepted):
     # 10 samples, paf_min_fraction 0.8: the original needs more than 8 (9 of 10).
-    cfg.limb_acceptance = rule
+    cfg.limb_acceptance, cfg.paf_threshold, cfg.paf_min_fraction = rule, 0.05, 0.8
     peaks, pafs = limb_candidate(passing)
     connections = parsing.score_limbs(peaks, pafs, cfg)
     assert (len(connections.limb) == 1) == accepted
     if accepted:  # the mean alignment: `passing` ones out of 10 samples, no length penalty
         assert connections.score[0] == pytest.approx(passing / 10)
+
+
+def test_two_peaks_on_one_spot_are_not_joined_once_a_minimum_length_is_set(cfg):
+    # A head top half a cell from the neck, the PAF along +x: the original joins any length
+    # above zero; min_limb_length 1 (cells) does not, and keeps the 9-cell limb.
+    peaks, pafs = limb_candidate(10)
+    peaks.xy[0] = (2.5, 5.0)
+    cfg.min_limb_length = 0.0
+    assert len(parsing.score_limbs(peaks, pafs, cfg).limb) == 1
+    cfg.min_limb_length = 1.0
+    assert len(parsing.score_limbs(peaks, pafs, cfg).limb) == 0
+    assert len(parsing.score_limbs(*limb_candidate(10), cfg).limb) == 1
+    # The argument overrides the field: a 9-cell limb is not longer than 9 cells.
+    assert len(parsing.score_limbs(*limb_candidate(10), cfg, min_length=9.0).limb) == 0
+    assert len(parsing.score_limbs(*limb_candidate(10), cfg, min_length=8.9).limb) == 1
 
 
 def test_an_unknown_limb_acceptance_rule_is_an_error(cfg):
@@ -430,6 +447,8 @@ def test_fusion_grid_and_mapping_by_hand(cfg):
     # A 1x cell is 4 * 400 / 160 = 10 image pixels, a fused cell 2 / 0.8 = 2.5: 0.5 1x cells
     # of smoothing are 2 fused cells. Fused cell 0 is at input pixel 0.5, image pixel 0.75.
     assert mapping["smoothing"] == pytest.approx(2.0)
+    cfg.min_limb_length = 1.0  # one 1x cell is 4 fused cells
+    assert inference.grid_mapping(grid, 400, cfg)["min_limb_length"] == pytest.approx(4.0)
     np.testing.assert_allclose(parsing.grid_to_pixels(
         (0, 0), mapping["stride"], mapping["scale"], mapping["offset"]), (0.75, 0.75))
     cfg.fusion_upsample = 0
