@@ -293,11 +293,11 @@ def grid_mapping(grid, height, cfg):
     """
     factor_x, factor_y = grid.factors
     base_cell = cfg.stride * height / max(int(round(cfg.inference_height)), 1)
-    cell = grid.stride / factor_y
+    cells_per_base_cell = base_cell / (grid.stride / factor_y)
     return {"stride": grid.stride, "scale": (factor_x, factor_y),
             "offset": (0.5 * factor_x - 0.5, 0.5 * factor_y - 0.5),
-            "smoothing": float(cfg.peak_smoothing) * base_cell / cell,
-            "min_limb_length": float(cfg.min_limb_length) * base_cell / cell}
+            "smoothing": float(cfg.peak_smoothing) * cells_per_base_cell,
+            "min_limb_length": float(cfg.min_limb_length) * cells_per_base_cell}
 
 
 def resample(maps, grid, factors, stride, interpolation=cv2.INTER_CUBIC):
